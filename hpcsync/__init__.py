@@ -1,0 +1,3 @@
+"""hpcsync: Slurm jobs into an experiment tracker."""
+
+__version__ = "0.1.0"

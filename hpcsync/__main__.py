@@ -1,0 +1,7 @@
+"""`python -m hpcsync`."""
+
+import sys
+
+from hpcsync.cli import main
+
+sys.exit(main())

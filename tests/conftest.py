@@ -1,0 +1,74 @@
+"""Shared fixtures: the tracking database on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from hpcsync.db.repository import Repository
+
+POSTGRES_ENV = "HPCSYNC_TEST_POSTGRES_URL"
+DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+TEST_DATABASE = "hpcsync_test"
+
+
+def _postgres_admin_url() -> tuple[str, bool]:
+    """Return the server URL to use and whether it was asked for explicitly (then it must work)."""
+    explicit = os.environ.get(POSTGRES_ENV)
+    return (explicit or DEFAULT_POSTGRES), bool(explicit)
+
+
+def _require(reason: str, required: bool) -> None:
+    if required:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """Return the URL of a fresh `hpcsync_test` database on the test PostgreSQL server."""
+    admin_url, required = _postgres_admin_url()
+    try:
+        admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as connection:
+            exists = connection.execute(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": TEST_DATABASE}
+            ).scalar()
+            if not exists:
+                connection.execute(text(f"CREATE DATABASE {TEST_DATABASE}"))
+        admin.dispose()
+    except (OperationalError, ImportError) as exc:
+        _require(f"PostgreSQL not reachable at {admin_url}: {str(exc).splitlines()[0]}", required)
+    return admin_url.rsplit("/", 1)[0] + "/" + TEST_DATABASE
+
+
+def _reset_postgres(url: str) -> None:
+    engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        connection.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Return the URL of an empty tracking database, once per supported backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'tracking.db'}"
+    url: str = request.getfixturevalue("postgres_url")
+    _reset_postgres(url)
+    return url
+
+
+@pytest.fixture
+def repository(database_url: str) -> Iterator[Repository]:
+    """Return a repository on an empty database with the schema applied."""
+    repo = Repository.from_url(database_url)
+    repo.ensure_schema()
+    yield repo
+    repo.dispose()
