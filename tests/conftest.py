@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -29,25 +29,39 @@ def _require(reason: str, required: bool) -> None:
     pytest.skip(reason)
 
 
-@pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """Return the URL of a fresh `hpcsync_test` database on the test PostgreSQL server."""
+def postgres_database(name: str) -> str:
+    """Return the URL of database `name` on the test server, created if missing and emptied."""
     admin_url, required = _postgres_admin_url()
     try:
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
         with admin.connect() as connection:
             exists = connection.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": TEST_DATABASE}
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": name}
             ).scalar()
             if not exists:
-                connection.execute(text(f"CREATE DATABASE {TEST_DATABASE}"))
+                connection.execute(text(f"CREATE DATABASE {name}"))
         admin.dispose()
     except (OperationalError, ImportError) as exc:
         _require(f"PostgreSQL not reachable at {admin_url}: {str(exc).splitlines()[0]}", required)
-    return admin_url.rsplit("/", 1)[0] + "/" + TEST_DATABASE
+    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    reset_postgres(url)
+    return url
 
 
-def _reset_postgres(url: str) -> None:
+@pytest.fixture(scope="session")
+def make_postgres_database() -> Callable[[str], str]:
+    """Return a function that gives the URL of an emptied database of that name."""
+    return postgres_database
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """Return the URL of the `hpcsync_test` database on the test PostgreSQL server."""
+    return postgres_database(TEST_DATABASE)
+
+
+def reset_postgres(url: str) -> None:
+    """Drop everything in the database's public schema."""
     engine = create_engine(url, isolation_level="AUTOCOMMIT")
     with engine.connect() as connection:
         connection.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
@@ -61,7 +75,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'tracking.db'}"
     url: str = request.getfixturevalue("postgres_url")
-    _reset_postgres(url)
+    reset_postgres(url)
     return url
 
 

@@ -371,7 +371,7 @@ def _cpu_efficiency(job: Job) -> float | None:
 
 def _run_from_row(row: RowMapping) -> Run:
     fields = {field: row[column] for column, field in _JOB_COLUMNS.items()}
-    job = Job(state=JobState.parse(row["slurm_state"]), **fields)
+    job = Job(state=JobState.parse(row["slurm_state"]), restarts=row["restarts"], **fields)
     return Run(
         id=row["id"],
         cluster=row["cluster"],

@@ -1,0 +1,178 @@
+"""Command line: parse arguments, call the daemon layer, turn HpcsyncError into a message and exit code."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from hpcsync import __version__
+from hpcsync.config import Settings, find_config, load_settings
+from hpcsync.errors import ConfigError, HpcsyncError
+
+log = logging.getLogger("hpcsync")
+
+# sd-daemon priority prefixes, read by journald from a service's stderr.
+_PRIORITY = {
+    logging.CRITICAL: 2,
+    logging.ERROR: 3,
+    logging.WARNING: 4,
+    logging.INFO: 6,
+    logging.DEBUG: 7,
+}
+
+
+class _JournalFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def setup_logging(level: str) -> None:
+    """Log to stderr: sd-daemon prefixes under systemd, timestamps elsewhere."""
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+    else:
+        handler.setFormatter(
+            logging.Formatter(
+                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
+            )
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("apscheduler").setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, root.level))
+
+
+def _parse_date(text: str) -> datetime:
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a date (use YYYY-MM-DD or YYYY-MM-DDTHH:MM)"
+        ) from exc
+    return value.astimezone(UTC) if value.tzinfo else value.astimezone().astimezone(UTC)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "-c", "--config", help="config file (default: $HPCSYNC_CONFIG, /etc/hpcsync/config.toml)"
+    )
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="override the configured log level",
+    )
+    parser = argparse.ArgumentParser(
+        prog="hpcsync",
+        description="Connects Slurm jobs to an experiment tracker's database.",
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"hpcsync {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
+    commands.add_parser("sync", parents=[common], help="run one full cycle, then exit")
+    commands.add_parser(
+        "check", parents=[common], help="validate config and reach every dependency"
+    )
+
+    db = commands.add_parser("db", parents=[common], help="database schema commands")
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands.add_parser("upgrade", parents=[common], help="create or migrate the schema")
+
+    backfill = commands.add_parser(
+        "backfill", parents=[common], help="import jobs from sacct that ended while no daemon ran"
+    )
+    backfill.add_argument(
+        "--since", required=True, type=_parse_date, help="start date (local time)"
+    )
+    backfill.add_argument("--until", type=_parse_date, help="end date (default: now)")
+
+    runs = commands.add_parser("runs", parents=[common], help="list runs, newest first")
+    runs.add_argument("--experiment", help="only this experiment")
+    runs.add_argument(
+        "--state", help="only this status (pending, running, completed, failed, cancelled)"
+    )
+    runs.add_argument("--user", help="only this user's jobs")
+    runs.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50)")
+    runs.add_argument("--json", action="store_true", help="print JSON only")
+
+    show = commands.add_parser("show", parents=[common], help="show one run")
+    show.add_argument("job_id", metavar="JOBID", help="Slurm job id, e.g. 1234 or 1234_7")
+    show.add_argument("--json", action="store_true", help="print JSON only")
+
+    sample = commands.add_parser(
+        "sample", parents=[common], help="sample this job's GPUs with NVML (run inside a job)"
+    )
+    sample.add_argument("--interval", type=float, default=10.0, help="seconds per written sample")
+    sample.add_argument("--output", help="output path; %%j job id and %%N node are expanded")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "sample":
+        setup_logging(args.log_level or "INFO")
+        return _sample(args)
+    try:
+        settings = load_settings(find_config(args.config))
+    except ConfigError as exc:
+        print(f"hpcsync: {exc}", file=sys.stderr)
+        return exc.exit_code
+    setup_logging(args.log_level or settings.log_level)
+    try:
+        return _dispatch(args, settings)
+    except HpcsyncError as exc:
+        print(f"hpcsync: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from hpcsync import daemon, views
+
+    if args.command == "run":
+        return daemon.Daemon(settings).run()
+    if args.command == "sync":
+        stats = daemon.sync_once(settings)
+        log.info("%s", stats.summary())
+        return 0
+    if args.command == "db":
+        repository = daemon.open_repository(settings)
+        repository.dispose()
+        print("schema is up to date")
+        return 0
+    if args.command == "check":
+        return views.check(settings)
+    if args.command == "backfill":
+        stats = daemon.backfill(settings, args.since, args.until or datetime.now(UTC))
+        print(
+            f"backfill: {stats.history} jobs in sacct, {stats.new} new runs, {stats.changed} changed"
+        )
+        return 0
+    if args.command == "runs":
+        return views.list_runs(settings, args)
+    if args.command == "show":
+        return views.show_run(settings, args.job_id, as_json=args.json)
+    raise AssertionError(args.command)
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from hpcsync.gpu.sampler import run_sampler
+
+    return run_sampler(interval=args.interval, output=args.output, env=os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,234 @@
+"""The one place that wires settings, Slurm, the database and the scheduler loop together."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import FrameType
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from hpcsync.config import Settings
+from hpcsync.db.repository import Repository, masked_url
+from hpcsync.errors import HpcsyncError, SchedulerUnavailable, StorageError
+from hpcsync.slurm import make_scheduler
+from hpcsync.slurm.base import Scheduler
+from hpcsync.sync import CycleStats, JobTracker, utc_now
+
+log = logging.getLogger(__name__)
+
+
+def open_repository(settings: Settings) -> Repository:
+    """Return a repository on the configured database, its schema created or migrated."""
+    url = settings.database_url
+    if not settings.database.url:
+        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    repository = Repository.from_url(url, settings.database.connect_timeout)
+    if repository.ensure_schema():
+        log.info("database %s: schema created or migrated", masked_url(url))
+    return repository
+
+
+def open_scheduler(settings: Settings) -> Scheduler:
+    """Return the configured Slurm backend."""
+    return make_scheduler(settings.slurm.backend, timeout=settings.slurm.command_timeout)
+
+
+def cluster_name(settings: Settings, scheduler: Scheduler) -> str:
+    """Return the configured cluster name, else Slurm's ClusterName."""
+    return settings.cluster_name or scheduler.cluster_name()
+
+
+def build_tracker(
+    settings: Settings, repository: Repository, scheduler: Scheduler | None = None
+) -> JobTracker:
+    """Return a job tracker for the configured cluster."""
+    scheduler = scheduler or open_scheduler(settings)
+    return JobTracker(
+        scheduler,
+        repository,
+        cluster_name(settings, scheduler),
+        track_untagged=settings.slurm.track_untagged,
+    )
+
+
+def sync_once(settings: Settings, scheduler: Scheduler | None = None) -> CycleStats:
+    """Run one full cycle: catch up on missed jobs, poll Slurm, and return what changed."""
+    repository = open_repository(settings)
+    try:
+        tracker = build_tracker(settings, repository, scheduler)
+        tracker.load()
+        caught = tracker.catch_up(_first_start(settings))
+        stats = tracker.cycle()
+        stats.new += caught.new
+        stats.changed += caught.changed
+        return stats
+    finally:
+        repository.dispose()
+
+
+def backfill(settings: Settings, since: datetime, until: datetime) -> CycleStats:
+    """Import every tracked job that sacct knows in [since, until]; idempotent with the daemon."""
+    repository = open_repository(settings)
+    try:
+        return build_tracker(settings, repository).import_window(since, until)
+    finally:
+        repository.dispose()
+
+
+def _first_start(settings: Settings) -> datetime | None:
+    days = settings.slurm.catchup_days
+    return utc_now() - timedelta(days=days) if days > 0 else None
+
+
+class Backoff:
+    """Exponential backoff between failing attempts, logged once per outage."""
+
+    def __init__(
+        self, base: float, ceiling: float, monotonic: Callable[[], float] = time.monotonic
+    ):
+        self.base = base
+        self.ceiling = ceiling
+        self.monotonic = monotonic
+        self.failures = 0
+        self.failing_since: float | None = None
+        self._next_try = 0.0
+
+    def ready(self) -> bool:
+        """True when an attempt is due."""
+        return self.monotonic() >= self._next_try
+
+    def failed(self, what: str, error: HpcsyncError) -> None:
+        """Record a failure; the first of an outage logs one ERROR line."""
+        now = self.monotonic()
+        self.failures += 1
+        delay = min(self.ceiling, self.base * 2 ** (self.failures - 1))
+        self._next_try = now + delay
+        if self.failing_since is None:
+            self.failing_since = now
+            log.error("%s: %s; retrying with backoff up to %.0f s", what, error, self.ceiling)
+        else:
+            log.debug("%s still failing (%d tries): %s", what, self.failures, error)
+
+    def succeeded(self, what: str) -> None:
+        """Record a success; the end of an outage logs one line."""
+        if self.failing_since is not None:
+            log.warning(
+                "%s recovered after %.0f s and %d failed tries",
+                what,
+                self.monotonic() - self.failing_since,
+                self.failures,
+            )
+        self.failures = 0
+        self.failing_since = None
+        self._next_try = 0.0
+
+
+def notify(message: str) -> None:
+    """Send an sd_notify message when systemd asked for one (NOTIFY_SOCKET); else do nothing."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+    except OSError as exc:
+        log.debug("sd_notify %r failed: %s", message, exc)
+
+
+@dataclass
+class Daemon:
+    """`hpcsync run`: polls on a schedule until SIGTERM or SIGINT."""
+
+    settings: Settings
+    scheduler: Scheduler | None = None
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._last_cycle_end = time.monotonic()
+        self._tracker: JobTracker | None = None
+        self._repository: Repository | None = None
+        interval = self.settings.slurm.poll_interval
+        self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
+
+    def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Ask the loop to finish the current cycle and exit."""
+        if signum is not None:
+            log.info("received %s, stopping", signal.Signals(signum).name)
+        self._stop.set()
+
+    def run(self) -> int:
+        """Serve until stopped; return the exit code."""
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self.stop)
+        self._repository = open_repository(self.settings)
+        log.info(
+            "hpcsync starting: database %s, poll every %.0f s",
+            masked_url(self.settings.database_url),
+            self.settings.slurm.poll_interval,
+        )
+        self.poll()
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            self.poll,
+            "interval",
+            seconds=self.settings.slurm.poll_interval,
+            id="poll",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
+        scheduler.start()
+        notify("READY=1")
+        try:
+            while not self._stop.wait(timeout=min(5.0, self.settings.slurm.poll_interval)):
+                self._watchdog()
+        finally:
+            notify("STOPPING=1")
+            scheduler.shutdown(wait=True)
+            self._repository.dispose()
+            log.info("hpcsync stopped")
+        return 0
+
+    def poll(self) -> None:
+        """One scheduled tick: a poll cycle unless backing off; never raises."""
+        if self._stop.is_set() or not self._backoff.ready():
+            return
+        try:
+            if self._tracker is None:
+                assert self._repository is not None
+                self._tracker = build_tracker(self.settings, self._repository, self.scheduler)
+                self._tracker.load()
+                caught = self._tracker.catch_up(_first_start(self.settings))
+                if caught.changed:
+                    log.info("caught up: %s", caught.summary())
+            stats = self._tracker.cycle()
+        except (SchedulerUnavailable, StorageError) as exc:
+            what = "Slurm" if isinstance(exc, SchedulerUnavailable) else "database"
+            self._backoff.failed(what, exc)
+            if isinstance(exc, StorageError):
+                self._tracker = None  # reload live runs from the database once it is back
+            return
+        except Exception:
+            log.exception("poll cycle failed unexpectedly; retrying next tick")
+            return
+        self._backoff.succeeded("polling")
+        self._last_cycle_end = time.monotonic()
+        log.info("%s", stats.summary())
+
+    def _watchdog(self) -> None:
+        # Only a loop that finished a cycle recently tells systemd it is alive.
+        limit = max(3 * self.settings.slurm.poll_interval, self._backoff.ceiling + 60)
+        if time.monotonic() - self._last_cycle_end < limit:
+            notify("WATCHDOG=1")
