@@ -58,25 +58,35 @@ def _parse_date(text: str) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.astimezone().astimezone(UTC)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Return the argument parser for every command."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "-c", "--config", help="config file (default: $HPCSYNC_CONFIG, /etc/hpcsync/config.toml)"
+def _common_options(parser: argparse.ArgumentParser, default: str | None) -> None:
+    parser.add_argument(
+        "-c",
+        "--config",
+        default=default,
+        help="config file (default: $HPCSYNC_CONFIG, else /etc/hpcsync/config.toml)",
     )
-    common.add_argument(
+    parser.add_argument(
         "--log-level",
         type=str.upper,
+        default=default,
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="override the configured log level",
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the argument parser for every command."""
     parser = argparse.ArgumentParser(
-        prog="hpcsync",
-        description="Connects Slurm jobs to an experiment tracker's database.",
-        parents=[common],
+        prog="hpcsync", description="Connects Slurm jobs to an experiment tracker's database."
     )
+    _common_options(parser, None)
+    # Subcommands accept the same options; SUPPRESS keeps them from resetting the top level's.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, argparse.SUPPRESS)
     parser.add_argument("--version", action="version", version=f"hpcsync {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", help="what to do"
+    )
 
     commands.add_parser("run", parents=[common], help="run the daemon in the foreground")
     commands.add_parser("sync", parents=[common], help="run one full cycle, then exit")
@@ -85,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     db = commands.add_parser("db", parents=[common], help="database schema commands")
-    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_commands = db.add_subparsers(
+        dest="db_command", required=True, metavar="ACTION", help="what to do with the schema"
+    )
     db_commands.add_parser("upgrade", parents=[common], help="create or migrate the schema")
 
     backfill = commands.add_parser(
@@ -127,16 +139,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = load_settings(find_config(args.config))
     except ConfigError as exc:
-        print(f"hpcsync: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     setup_logging(args.log_level or settings.log_level)
     try:
         return _dispatch(args, settings)
     except HpcsyncError as exc:
-        print(f"hpcsync: {exc}", file=sys.stderr)
+        _error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+
+
+def _error(message: str) -> None:
+    # Under systemd the final error carries the err priority, like the daemon's own lines.
+    prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
+    print(f"{prefix}hpcsync: {message}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
