@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser(
         "sample", parents=[common], help="sample this job's GPUs with NVML (run inside a job)"
     )
-    sample.add_argument("--interval", type=float, default=10.0, help="seconds per written sample")
+    sample.add_argument("--interval", type=float, help="seconds per written sample (default 30)")
     sample.add_argument("--output", help="output path; %%j job id and %%N node are expanded")
     return parser
 
@@ -187,9 +187,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from hpcsync.gpu.sampler import run_sampler
+    from hpcsync.gpu.sampler import DEFAULT_INTERVAL, run_sampler
 
-    return run_sampler(interval=args.interval, output=args.output, env=os.environ)
+    try:
+        return run_sampler(
+            interval=args.interval or DEFAULT_INTERVAL, output=args.output, env=os.environ
+        )
+    except HpcsyncError as exc:
+        _error(str(exc))
+        return exc.exit_code
 
 
 if __name__ == "__main__":
