@@ -202,7 +202,15 @@ class JobTracker:
             if same_job(live, job) or (from_accounting and _later_attempt(live, job)):
                 return live
             # The controller reused a live run's id: that run gets its end from sacct.
-            log.warning("job id %s reused by a new job; the older run ends from sacct", job.job_id)
+            log.warning(
+                "job id %s reused by a new job (submitted %s, restarts %s; the run's: %s, %s);"
+                " the older run ends from sacct",
+                job.job_id,
+                job.submitted_at,
+                job.restarts,
+                live.job.submitted_at,
+                live.restarts,
+            )
             return None
         for run in stored:
             if same_job(run, job):

@@ -112,6 +112,9 @@ def merge_job(old: Job, new: Job) -> Job:
         for field in dataclasses.fields(Job)
         if getattr(new, field.name) is None and getattr(old, field.name) is not None
     }
+    if new.state is not old.state:
+        # A reason belongs to the state it explains (sacct reports none).
+        keep_when_missing.pop("state_reason", None)
     if not new.state.is_terminal:
         # A job that runs again has no end yet: keep none of the old attempt's outcome.
         for name in ("ended_at", "exit_code", "exit_signal"):

@@ -14,7 +14,10 @@ from hpcsync.db.repository import Repository
 
 POSTGRES_ENV = "HPCSYNC_TEST_POSTGRES_URL"
 DEFAULT_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+# One database per pytest process, so two test runs on one server never empty each other's.
+SESSION_TAG = f"{os.getpid()}"
 TEST_DATABASE = "hpcsync_test"
+_created: list[str] = []
 
 
 def _postgres_admin_url() -> tuple[str, bool]:
@@ -30,7 +33,8 @@ def _require(reason: str, required: bool) -> None:
 
 
 def postgres_database(name: str) -> str:
-    """Return the URL of database `name` on the test server, created if missing and emptied."""
+    """Return the URL of this session's database `name`, created if missing and emptied."""
+    name = f"{name}_{SESSION_TAG}"
     admin_url, required = _postgres_admin_url()
     try:
         admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -40,6 +44,7 @@ def postgres_database(name: str) -> str:
             ).scalar()
             if not exists:
                 connection.execute(text(f"CREATE DATABASE {name}"))
+                _created.append(name)
         admin.dispose()
     except (OperationalError, ImportError) as exc:
         _require(f"PostgreSQL not reachable at {admin_url}: {str(exc).splitlines()[0]}", required)
@@ -49,15 +54,27 @@ def postgres_database(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def make_postgres_database() -> Callable[[str], str]:
+def make_postgres_database() -> Iterator[Callable[[str], str]]:
     """Return a function that gives the URL of an emptied database of that name."""
-    return postgres_database
+    yield postgres_database
+    _drop_created()
+
+
+def _drop_created() -> None:
+    if not _created:
+        return
+    admin = create_engine(_postgres_admin_url()[0], isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        for name in _created:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    admin.dispose()
+    _created.clear()
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """Return the URL of the `hpcsync_test` database on the test PostgreSQL server."""
-    return postgres_database(TEST_DATABASE)
+def postgres_url(make_postgres_database: Callable[[str], str]) -> str:
+    """Return the URL of this session's test database on the PostgreSQL server."""
+    return make_postgres_database(TEST_DATABASE)
 
 
 def reset_postgres(url: str) -> None:

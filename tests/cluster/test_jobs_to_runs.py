@@ -42,7 +42,7 @@ def _squeue_ids(cluster: Any) -> set[str]:
 
 
 def _state(cluster: Any, job_id: str) -> str:
-    out = cluster.run("squeue", "-h", "-j", job_id, "-O", "State:|").stdout.strip()
+    out = cluster.run("squeue", "-h", "-t", "all", "-j", job_id, "-O", "State:|").stdout.strip()
     return out.rstrip("|")
 
 
@@ -66,7 +66,7 @@ def _submit_all(cluster: Any, work: Path) -> dict[str, str]:
         )
 
     tag = "--comment=experiment=acceptance run={}"
-    submit("ok", "--job-name=ok", tag.format("ok"), script="sleep 2; echo done")
+    submit("ok", "--job-name=ok", tag.format("ok"), script="sleep 8; echo done")
     submit("fail", "--job-name=fail", tag.format("fail"), script="sleep 1; exit 3")
     submit("cancel", "--job-name=cancel", tag.format("cancel"), script="sleep 300")
     submit(
@@ -127,10 +127,11 @@ def scenario(
                     ("sacct", result.sacct_calls_per_cycle),
                 ):
                     counts.append(scheduler.calls[program] - before.get(program, 0))
-            if not cancelled and _state(cluster, result.jobs["cancel"]) == "RUNNING":
+            # Cancel and requeue only once every tracker has seen the job run.
+            if not cancelled and _seen_running(trackers, result.jobs["cancel"]):
                 cluster.scancel(result.jobs["cancel"])
                 cancelled = True
-            if not requeued and _state(cluster, result.jobs["requeue"]) == "RUNNING":
+            if not requeued and _seen_running(trackers, result.jobs["requeue"]):
                 cluster.run("scontrol", "requeue", result.jobs["requeue"], check=True)
                 requeued = True
             purge_state = _state(cluster, result.jobs["purged"])
@@ -156,6 +157,14 @@ def scenario(
                 subprocess.run(["scancel", result.jobs[role]], env=cluster.env, check=False)
         for repo in [*result.repositories.values(), *result.purge_repositories.values()]:
             repo.dispose()
+
+
+def _seen_running(trackers: list[JobTracker], job_id: str) -> bool:
+    states = [
+        {run.job.job_id: run.job.state.value for run in tracker.live_runs}.get(job_id)
+        for tracker in trackers
+    ]
+    return all(state == "RUNNING" for state in states)
 
 
 def _all_seen(result: Scenario) -> bool:

@@ -27,6 +27,7 @@ def make_run(job_id: str = "7", state: JobState = JobState.PENDING, **fields: ob
         mem_mb=200,
         num_gpus=1,
         gpu_type="a100",
+        restarts=0,
         **fields,  # type: ignore[arg-type]
     )
     status = {JobState.PENDING: RunStatus.PENDING, JobState.COMPLETED: RunStatus.COMPLETED}.get(
