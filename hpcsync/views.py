@@ -56,8 +56,6 @@ def list_runs(settings: Settings, args: argparse.Namespace) -> int:
         )
     finally:
         repository.dispose()
-    for row in rows:
-        row["tags"] = json.loads(row["tags"])
     if args.json:
         print_json(rows)
         return 0
@@ -101,7 +99,6 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
     if row is None:
         print(f"hpcsync: no run for job {job_id}", file=sys.stderr)
         return 1
-    row["tags"] = json.loads(row["tags"])
     if as_json:
         print_json(row)
         return 0

@@ -262,7 +262,7 @@ class Repository:
             query = query.where(runs.c.cluster == where.cluster)
         query = query.order_by(runs.c.submitted_at.desc(), runs.c.id.desc()).limit(where.limit)
         with self.atomic() as connection:
-            return [dict(row) for row in connection.execute(query).mappings()]
+            return [_view_row(row) for row in connection.execute(query).mappings()]
 
     def find_run(self, job_id: str, cluster: str | None = None) -> dict[str, Any] | None:
         """Return the newest run with this Slurm job id (or raw id), with its events; or None."""
@@ -277,7 +277,7 @@ class Repository:
             row = connection.execute(query).mappings().first()
             if row is None:
                 return None
-            found = dict(row)
+            found = _view_row(row)
             events = connection.execute(
                 select(
                     run_events.c.at,
@@ -344,6 +344,12 @@ def _run_select() -> Any:
 
 def _view_select() -> Any:
     return _run_select()
+
+
+def _view_row(row: RowMapping) -> dict[str, Any]:
+    found = dict(row)
+    found["tags"] = json.loads(found["tags"] or "{}")
+    return found
 
 
 def _run_values(run: Run, final: bool, now: datetime) -> dict[str, Any]:

@@ -147,3 +147,22 @@ daemon_state = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+log_cursors = Table(
+    "log_cursors",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("device", BigInteger),
+    Column("inode", BigInteger),
+    Column("byte_offset", BigInteger, nullable=False, server_default="0"),
+    Column("fingerprint", String(64)),
+    Column("skipping", Boolean, nullable=False, server_default=false()),
+    Column("skipped_lines", BigInteger, nullable=False, server_default="0"),
+    Column("counters", Text, nullable=False, server_default="{}"),
+    Column("parser_state", Text),
+    Column("updated_at", UtcDateTime, nullable=False),
+    UniqueConstraint("run_id", "path"),
+)
+"""Where reading stopped in each log or sample file of a run; committed with the metrics read."""

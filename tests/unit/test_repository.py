@@ -180,6 +180,7 @@ def test_views_filter_and_find_by_job_id(repository: Repository) -> None:
     assert repository.list_runs(RunFilter(user="bob")) == []
     found = repository.find_run("10_0")
     assert found is not None and found["experiment"] == "resnet" and found["events"] == []
+    assert found["tags"] == {"a": ""}
     assert repository.find_run("999") is None
 
 
