@@ -1,0 +1,470 @@
+"""Training metrics and GPU samples from the files of live runs, into the database exactly once.
+
+Which files a run has (`run_files`, and `files_in_root` in logs/watcher.py):
+- its StdOut and StdErr as Slurm expanded them (Slurm's default `slurm-%j.out` in the work
+  directory when the job set none);
+- the GPU sample files `hpcsync-<job id>-<node>.gpu.jsonl` beside its StdOut, one per node of
+  the job, named exactly, so nothing is listed;
+- files directly in a log root (its top level only, one `scandir` per root; never a tree walk)
+  whose name carries the job id as a whole number (`slurm-1234.out`, `train.1234_7.log`, not
+  `slurm-12345.out`) and ends in .out, .err, .log, .txt or .jsonl, and the sample files
+  `hpcsync-<job id>-*.gpu.jsonl` there. An array task matches its `1234_7` and its raw id. A
+  file last written before the job was submitted belongs to an older job with the same id.
+A path is registered once per run, by its real path (StdOut and StdErr are often one file).
+Roots are listed when a run is first tracked, every `root_scan_seconds` after, and at its end.
+Files are registered once the job has left PENDING (a pending job has written nothing).
+
+Exactly once. Each file has a cursor row (`log_cursors`): offset, file identity, fingerprint,
+the per-name step counters and the parser's stream state at that offset. The points parsed
+from a read and the cursor after them commit in one transaction; a failure before the commit
+rolls both back and the same bytes are read again into the same keys, a failure after it
+never reads them again. In-memory state changes only after a commit.
+
+Steps come from the line (explicit key or framework counter); otherwise from a per-name counter
+kept per file with its cursor, so a re-read gives the same steps. A truncated, rewritten or
+replaced file (a requeued job's restart) is read again from byte 0 with fresh counters and
+parser state: repeated steps overwrite, the newer value wins, and nothing is doubled.
+Timestamps: the line's own (naive means local time), else the time of reading; stored in UTC.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, tzinfo
+
+from hpcsync.db.metric_store import CursorRow, Row, load_cursors, save_cursor, upsert_rows
+from hpcsync.db.repository import Repository
+from hpcsync.errors import StorageError
+from hpcsync.gpu.samples import SampleRecord, parse_sample_line, sample_metrics
+from hpcsync.logs.lines import clean
+from hpcsync.logs.parsers import MetricParser, ParsedValue, StreamState
+from hpcsync.logs.tailer import DEFAULT_MAX_LINE_BYTES, Cursor, TailRead, read_lines
+from hpcsync.logs.watcher import (
+    Kind,
+    ObserverKind,
+    Watcher,
+    expand_hostlist,
+    files_in_root,
+    kind_of,
+)
+from hpcsync.models import JobState, Run
+from hpcsync.slurm.patterns import default_output
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+MAX_NAME = 255
+MAX_STEP = 2**63 - 1
+CLOCK_SKEW_SECONDS = 300.0
+"""How much earlier than the job's submission a root file may have been written and be its."""
+
+
+def utc_now() -> datetime:
+    """Return the current time, timezone-aware UTC."""
+    return datetime.now(UTC)
+
+
+@dataclass
+class IngestStats:
+    """What one pass read and wrote."""
+
+    files: int = 0
+    lines: int = 0
+    points: int = 0
+    skipped_lines: int = 0
+    restarts: int = 0
+    failures: int = 0
+    seconds: float = 0.0
+
+    def add(self, other: IngestStats) -> None:
+        """Add another pass's counts to these."""
+        for item in dataclasses.fields(self):
+            setattr(self, item.name, getattr(self, item.name) + getattr(other, item.name))
+
+    def summary(self) -> str:
+        """Return the one-line INFO summary."""
+        return (
+            f"read {self.files} files, {self.lines} lines, {self.points} points, "
+            f"{self.skipped_lines} over-long lines skipped, {self.restarts} restarted, "
+            f"{self.failures} failed, {self.seconds:.2f} s"
+        )
+
+
+@dataclass
+class _File:
+    run_id: int
+    job_id: str
+    path: str
+    kind: Kind
+    cursor: CursorRow
+
+
+class LogIngester:
+    """Reads the registered files of live runs and writes their metrics; see the module rules."""
+
+    def __init__(
+        self,
+        repository: Repository,
+        *,
+        roots: Sequence[str] = (),
+        observer: ObserverKind = "auto",
+        max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+        patterns: Sequence[str] = (),
+        clock: Clock = utc_now,
+        root_scan_seconds: float = 60.0,
+        local_timezone: tzinfo | None = None,
+        watcher: Watcher | None = None,
+    ) -> None:
+        self.repository = repository
+        self.roots = [os.path.abspath(root) for root in roots]
+        self.max_line_bytes = max_line_bytes
+        self.clock = clock
+        self.root_scan_seconds = root_scan_seconds
+        self.local_timezone = local_timezone
+        self.parser = MetricParser(patterns)
+        self.watcher = watcher or Watcher(observer)
+        self._runs: dict[int, Run] = {}
+        self._files: dict[tuple[int, str], _File] = {}
+        self._by_path: dict[str, set[tuple[int, str]]] = {}
+        self._retry: set[tuple[int, str]] = set()
+        self._failing: set[tuple[int, str]] = set()
+        self._last_root_scan: datetime | None = None
+        self._named: dict[int, tuple[object, ...]] = {}
+        self._lock = threading.RLock()
+
+    @property
+    def files(self) -> list[tuple[int, str, Kind]]:
+        """Return the registered files as (run id, path, kind)."""
+        return [(f.run_id, f.path, f.kind) for f in self._files.values()]
+
+    def track(self, runs: Sequence[Run]) -> None:
+        """Register the files of these live runs (those that have started); raises StorageError."""
+        with self._lock:
+            fresh = [
+                run
+                for run in runs
+                if run.id is not None
+                and run.id not in self._runs
+                and run.job.state is not JobState.PENDING
+            ]
+            if fresh:
+                self._register(fresh)
+            now = self.clock()
+            due = self._last_root_scan is None or (
+                (now - self._last_root_scan).total_seconds() >= self.root_scan_seconds
+            )
+            if self._runs and (fresh or due):
+                self._last_root_scan = now
+                self._scan_roots(list(self._runs.values()))
+            for run in runs:
+                if run.id is not None and run.id in self._runs:
+                    self._update(run)
+
+    def ingest(self) -> IngestStats:
+        """Read the registered files that changed; raises StorageError if the database is down."""
+        with self._lock:
+            keys = set(self._retry)
+            for path in self.watcher.changed():
+                keys.update(self._by_path.get(path, ()))
+            return self._read_all(sorted(keys), final=False)
+
+    def finish(self, runs: Sequence[Run]) -> IngestStats:
+        """Read all of these ended runs' files to their end once, then forget them."""
+        ended = {run.id: run for run in runs if run.id is not None}
+        if not ended:
+            return IngestStats()
+        with self._lock:
+            fresh = [run for run_id, run in ended.items() if run_id not in self._runs]
+            if fresh:
+                self._register(fresh)
+            for run in ended.values():
+                self._update(run)
+            self._scan_roots(list(ended.values()))
+            keys = sorted(key for key in self._files if key[0] in ended)
+            stats = self._read_all(keys, final=True)
+            for key in keys:
+                if key not in self._retry:
+                    self._forget(key)
+            for run_id in ended.keys() - {key[0] for key in self._files}:
+                self._runs.pop(run_id, None)
+                self._named.pop(run_id, None)
+            return stats
+
+    def follow(self, live: Sequence[Run], ended: Sequence[Run] = ()) -> IngestStats:
+        """Track the live runs, finish the ended ones (and tracked runs no longer live), ingest."""
+        with self._lock:
+            live_ids = {run.id for run in live}
+            ended_ids = {run.id for run in ended}
+            gone = [
+                run
+                for run_id, run in self._runs.items()
+                if run_id not in live_ids and run_id not in ended_ids
+            ]
+            stats = self.finish([*ended, *gone])
+            self.track(live)
+            stats.add(self.ingest())
+            return stats
+
+    def close(self) -> None:
+        """Stop watching."""
+        self.watcher.close()
+
+    # -- registry ---------------------------------------------------------------------------
+
+    def _register(self, runs: Sequence[Run]) -> None:
+        with self.repository.atomic() as connection:
+            stored = load_cursors(connection, [run.id for run in runs if run.id is not None])
+        for run in runs:
+            assert run.id is not None
+            self._runs[run.id] = run
+        for (run_id, path), cursor in stored.items():
+            run = self._runs[run_id]
+            self._add(run, path, kind_of(path), cursor)
+
+    def _update(self, run: Run) -> None:
+        """Keep the newest record of a registered run; register the files it names if changed."""
+        assert run.id is not None
+        self._runs[run.id] = run
+        job = run.job
+        named = (job.stdout_path, job.stderr_path, job.work_dir, job.node_list, job.num_gpus)
+        if self._named.get(run.id) != named:
+            self._named[run.id] = named
+            self._add_files(run, run_files(run))
+
+    def _add_files(self, run: Run, paths: Iterable[tuple[str, Kind]]) -> None:
+        for path, kind in paths:
+            self._add(run, os.path.realpath(path), kind, None)
+
+    def _add(self, run: Run, path: str, kind: Kind, cursor: CursorRow | None) -> None:
+        assert run.id is not None
+        key = (run.id, path)
+        if key in self._files:
+            return
+        self._files[key] = _File(
+            run.id, run.job.job_id, path, kind, cursor or CursorRow(run.id, path)
+        )
+        self._by_path.setdefault(path, set()).add(key)
+        self.watcher.add(path)
+
+    def _forget(self, key: tuple[int, str]) -> None:
+        self._files.pop(key, None)
+        self._failing.discard(key)
+        keys = self._by_path.get(key[1], set())
+        keys.discard(key)
+        if not keys:
+            self._by_path.pop(key[1], None)
+            self.watcher.remove(key[1])
+
+    def _scan_roots(self, runs: Sequence[Run]) -> None:
+        if not runs or not self.roots:
+            return
+        by_id: dict[str, Run] = {}
+        for run in runs:
+            by_id[run.job.job_id] = run
+            by_id.setdefault(str(run.job.job_id_raw), run)
+        for root in self.roots:
+            for job_id, path, kind, mtime in files_in_root(root, by_id):
+                run = by_id[job_id]
+                if _written_since(mtime, run):
+                    self._add_files(run, [(path, kind)])
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _read_all(self, keys: Sequence[tuple[int, str]], *, final: bool) -> IngestStats:
+        began = time.monotonic()
+        stats = IngestStats()
+        storage_failures = commits = 0
+        for key in keys:
+            file = self._files.get(key)
+            if file is None:
+                self._retry.discard(key)
+                continue
+            try:
+                commits += self._read(file, stats, final=final)
+            except Exception as exc:
+                storage_failures += isinstance(exc, StorageError)
+                stats.failures += 1
+                self._retry.add(key)
+                level = logging.DEBUG if key in self._failing else logging.WARNING
+                self._failing.add(key)
+                log.log(
+                    level, "job %s: reading %s failed, retrying: %s", file.job_id, file.path, exc
+                )
+                continue
+            self._retry.discard(key)
+            self._failing.discard(key)
+        stats.seconds = time.monotonic() - began
+        if storage_failures and not commits:
+            raise StorageError(f"database unavailable; {len(self._retry)} log files wait")
+        return stats
+
+    def _read(self, file: _File, stats: IngestStats, *, final: bool) -> int:
+        """Read one file to its end, committing points and cursor per chunk; return commits."""
+        commits = 0
+        first = True
+        while True:
+            row = file.cursor
+            state = _load_state(row.parser_state) if file.kind == "log" else None
+            result = read_lines(
+                file.path,
+                Cursor(row.device, row.inode, row.offset, row.fingerprint, row.skipping),
+                max_line_bytes=self.max_line_bytes,
+                final=final,
+            )
+            if result.missing:
+                return commits
+            stats.files += first
+            first = False
+            counters = {} if result.restarted else dict(row.counters)
+            if result.restarted:
+                stats.restarts += 1
+                state = StreamState() if file.kind == "log" else None
+                log.info(
+                    "job %s: %s was truncated or replaced; reading it again", file.job_id, file.path
+                )
+            now = self.clock()
+            if state is None:
+                points = _sample_points(result.lines)
+            else:
+                points = self._log_points(
+                    file, result, state, counters, now, flush=final and not result.more
+                )
+            new = dataclasses.replace(
+                row,
+                device=result.cursor.device,
+                inode=result.cursor.inode,
+                offset=result.cursor.offset,
+                fingerprint=result.cursor.fingerprint,
+                skipping=result.cursor.skipping,
+                skipped_lines=(0 if result.restarted else row.skipped_lines) + result.skipped,
+                counters=counters,
+                parser_state=None if state is None else _dump_state(state),
+            )
+            if new != row:
+                with self.repository.atomic() as connection:
+                    written = upsert_rows(connection, file.run_id, points)
+                    save_cursor(connection, new, now)
+                file.cursor = new
+                stats.points += written
+                commits += 1
+            stats.lines += len(result.lines)
+            stats.skipped_lines += result.skipped
+            if not result.more:
+                return commits
+
+    def _log_points(
+        self,
+        file: _File,
+        result: TailRead,
+        state: StreamState,
+        counters: dict[str, int],
+        now: datetime,
+        *,
+        flush: bool,
+    ) -> list[Row]:
+        parsed: list[ParsedValue] = []
+        parse = self.parser.parse
+        failed: list[tuple[str, Exception]] = []
+        for raw in result.lines:
+            line = clean(raw)
+            if line and not line.isspace():
+                try:
+                    parsed.extend(parse(line, state))
+                except Exception as exc:  # a parser bug must not block the file forever
+                    failed.append((line, exc))
+        if failed:
+            line, error = failed[0]
+            log.warning(
+                "job %s: parser failed on %d lines of %s, skipped; first %.120r: %r",
+                file.job_id,
+                len(failed),
+                file.path,
+                line,
+                error,
+            )
+        if flush:
+            parsed.extend(self.parser.flush(state))
+        points: list[Row] = []
+        for value in parsed:
+            if len(value.name) > MAX_NAME:
+                continue
+            step = value.step
+            if step is None:
+                step = counters.get(value.name, 0)
+                counters[value.name] = step + 1
+            if not 0 <= step <= MAX_STEP:
+                continue
+            when = now if value.timestamp is None else self._utc(value.timestamp)
+            points.append((value.name, step, value.value, when))
+        return points
+
+    def _utc(self, moment: datetime) -> datetime:
+        if moment.tzinfo is None:
+            if self.local_timezone is not None:
+                moment = moment.replace(tzinfo=self.local_timezone)
+            else:
+                moment = moment.astimezone()
+        return moment.astimezone(UTC)
+
+
+def ended_runs(changed: Iterable[Run], live: Iterable[Run]) -> list[Run]:
+    """Return the runs among a cycle's changes that are no longer live (they just became final)."""
+    live_ids = {run.id for run in live}
+    return [run for run in changed if run.id not in live_ids]
+
+
+def run_files(run: Run) -> list[tuple[str, Kind]]:
+    """Return StdOut, StdErr and (unless the job has no GPUs) its per-node sample files beside."""
+    job = run.job
+    outputs = [path for path in (job.stdout_path, job.stderr_path) if path]
+    if not outputs and job.work_dir:
+        outputs = [default_output(job)]
+    files: list[tuple[str, Kind]] = []
+    for path in outputs:
+        if "%" in path and not job.node_list:
+            continue  # `%N` stays unexpanded until the job has a node
+        files.append((path, "log"))
+    if outputs and job.node_list and job.num_gpus != 0:
+        directory = os.path.dirname(outputs[0])
+        for node in expand_hostlist(job.node_list):
+            files.append((os.path.join(directory, f"hpcsync-{job.job_id}-{node}.gpu.jsonl"), "gpu"))
+    return files
+
+
+def _written_since(mtime: float, run: Run) -> bool:
+    """False for a file last written before the job was submitted (an older job's, same id)."""
+    submitted = run.job.submitted_at
+    return submitted is None or mtime >= submitted.timestamp() - CLOCK_SKEW_SECONDS
+
+
+def _sample_points(lines: Sequence[str]) -> list[Row]:
+    points: list[Row] = []
+    for line in lines:
+        record = parse_sample_line(line)
+        if isinstance(record, SampleRecord):
+            points.extend((p.name, p.step, p.value, p.timestamp) for p in sample_metrics(record))
+    return points
+
+
+def _load_state(text: str | None) -> StreamState:
+    """Return a stored parser state; a fresh one if absent or from an incompatible version."""
+    if not text:
+        return StreamState()
+    try:
+        data = json.loads(text)
+        known = {item.name for item in dataclasses.fields(StreamState)}
+        return StreamState(**{key: value for key, value in data.items() if key in known})
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.debug("discarding unreadable parser state: %s", exc)
+        return StreamState()
+
+
+def _dump_state(state: StreamState) -> str:
+    return json.dumps(dataclasses.asdict(state), separators=(",", ":"), sort_keys=True)
