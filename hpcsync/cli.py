@@ -163,8 +163,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "run":
         return daemon.Daemon(settings).run()
     if args.command == "sync":
-        stats = daemon.sync_once(settings)
-        log.info("%s", stats.summary())
+        stats, ingested = daemon.sync_once(settings)
+        log.info("%s; %s", stats.summary(), ingested.summary())
         return 0
     if args.command == "db":
         repository = daemon.open_repository(settings)

@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from hpcsync.config import Settings
 from hpcsync.db.repository import Repository, masked_url
 from hpcsync.errors import HpcsyncError, SchedulerUnavailable, StorageError
+from hpcsync.ingest import IngestStats, LogIngester, ended_runs
 from hpcsync.slurm import make_scheduler
 from hpcsync.slurm.base import Scheduler
 from hpcsync.sync import CycleStats, JobTracker, utc_now
@@ -60,18 +61,40 @@ def build_tracker(
     )
 
 
-def sync_once(settings: Settings, scheduler: Scheduler | None = None) -> CycleStats:
-    """Run one full cycle: catch up on missed jobs, poll Slurm, and return what changed."""
+def build_ingester(settings: Settings, repository: Repository) -> LogIngester:
+    """Return a log ingester for the configured roots and observer; raises ConfigError."""
+    return LogIngester(
+        repository,
+        roots=settings.logs.roots,
+        observer=settings.logs.observer,
+        max_line_bytes=settings.logs.max_line_bytes,
+        patterns=settings.logs.patterns,
+    )
+
+
+def follow_logs(ingester: LogIngester, tracker: JobTracker, *cycles: CycleStats) -> IngestStats:
+    """Read the logs of the tracker's live runs and, one last time, of runs these cycles ended."""
+    changed = [run for cycle in cycles for run, _ in cycle.changes]
+    return ingester.follow(tracker.live_runs, ended_runs(changed, tracker.live_runs))
+
+
+def sync_once(
+    settings: Settings, scheduler: Scheduler | None = None
+) -> tuple[CycleStats, IngestStats]:
+    """Run one full cycle: catch up on missed jobs, poll Slurm, read every log; return what changed."""
     repository = open_repository(settings)
+    ingester = build_ingester(settings, repository)
     try:
         tracker = build_tracker(settings, repository, scheduler)
         tracker.load()
         caught = tracker.catch_up(_first_start(settings))
         stats = tracker.cycle()
+        ingested = follow_logs(ingester, tracker, caught, stats)
         stats.new += caught.new
         stats.changed += caught.changed
-        return stats
+        return stats, ingested
     finally:
+        ingester.close()
         repository.dispose()
 
 
@@ -159,6 +182,7 @@ class Daemon:
         self._last_cycle_end = time.monotonic()
         self._tracker: JobTracker | None = None
         self._repository: Repository | None = None
+        self._ingester: LogIngester | None = None
         interval = self.settings.slurm.poll_interval
         self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
 
@@ -173,6 +197,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
         self._repository = open_repository(self.settings)
+        self._ingester = build_ingester(self.settings, self._repository)
         log.info(
             "hpcsync starting: database %s, poll every %.0f s",
             masked_url(self.settings.database_url),
@@ -189,6 +214,15 @@ class Daemon:
             max_instances=1,
             misfire_grace_time=None,
         )
+        scheduler.add_job(
+            self.read_logs,
+            "interval",
+            seconds=self.settings.logs.poll_interval,
+            id="logs",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=None,
+        )
         scheduler.start()
         notify("READY=1")
         try:
@@ -197,6 +231,7 @@ class Daemon:
         finally:
             notify("STOPPING=1")
             scheduler.shutdown(wait=True)
+            self._ingester.close()
             self._repository.dispose()
             log.info("hpcsync stopped")
         return 0
@@ -225,7 +260,31 @@ class Daemon:
             return
         self._backoff.succeeded("polling")
         self._last_cycle_end = time.monotonic()
-        log.info("%s", stats.summary())
+        ingested = self._follow(stats)
+        log.info("%s; %s", stats.summary(), ingested.summary() if ingested else "logs not read")
+
+    def _follow(self, stats: CycleStats) -> IngestStats | None:
+        assert self._ingester is not None and self._tracker is not None
+        try:
+            return follow_logs(self._ingester, self._tracker, stats)
+        except HpcsyncError as exc:
+            log.warning("reading logs failed, retrying next tick: %s", exc)
+            return None
+
+    def read_logs(self) -> None:
+        """The log tick between polls: read the files that grew; never raises."""
+        if self._stop.is_set() or self._ingester is None:
+            return
+        try:
+            stats = self._ingester.ingest()
+        except HpcsyncError as exc:
+            log.warning("reading logs failed, retrying next tick: %s", exc)
+            return
+        except Exception:
+            log.exception("reading logs failed unexpectedly; retrying next tick")
+            return
+        if stats.points:
+            log.info("%s", stats.summary())
 
     def _watchdog(self) -> None:
         # Only a loop that finished a cycle recently tells systemd it is alive.
