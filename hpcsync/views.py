@@ -103,6 +103,7 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
         print_json(row)
         return 0
     events = row.pop("events")
+    latest = row.pop("metrics")
     width = max(len(key) for key in row)
     for key, value in row.items():
         shown = value.isoformat() if isinstance(value, datetime) else value
@@ -113,6 +114,11 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
         print(
             f"  {event['at'].isoformat()}  {event['from_state'] or 'new'} -> {event['to_state']}{reason}"
         )
+    if latest:
+        print("latest metrics:")
+        name_width = max(len(name) for name in latest)
+        for name, point in latest.items():
+            print(f"  {name.ljust(name_width)}  {point['value']:.6g}  (step {point['step']})")
     return 0
 
 

@@ -27,7 +27,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from hpcsync.db import schema
-from hpcsync.db.tables import daemon_state, experiments, run_events, runs
+from hpcsync.db.tables import daemon_state, experiments, metrics, run_events, runs
 from hpcsync.errors import ConfigError, StorageError
 from hpcsync.models import Job, JobState, Run, RunEvent, RunStatus
 
@@ -289,6 +289,7 @@ class Repository:
                 .order_by(run_events.c.at, run_events.c.id)
             ).mappings()
             found["events"] = [dict(event_row) for event_row in events]
+            found["metrics"] = _latest_metrics(connection, found["id"])
         return found
 
     def events_for(self, run_id: int) -> list[RunEvent]:
@@ -334,6 +335,25 @@ class Repository:
         )
         with self.atomic() as connection:
             connection.execute(statement)
+
+
+def _latest_metrics(connection: Connection, run_id: int) -> dict[str, dict[str, Any]]:
+    last = (
+        select(metrics.c.name, func.max(metrics.c.step).label("step"))
+        .where(metrics.c.run_id == run_id)
+        .group_by(metrics.c.name)
+        .subquery()
+    )
+    query = (
+        select(metrics.c.name, metrics.c.step, metrics.c.value, metrics.c.timestamp)
+        .join(last, (last.c.name == metrics.c.name) & (last.c.step == metrics.c.step))
+        .where(metrics.c.run_id == run_id)
+        .order_by(metrics.c.name)
+    )
+    return {
+        row.name: {"step": row.step, "value": row.value, "timestamp": row.timestamp}
+        for row in connection.execute(query)
+    }
 
 
 def _run_select() -> Any:

@@ -205,3 +205,27 @@ def test_a_bad_url_is_a_config_error_and_passwords_are_masked() -> None:
 
 def _fields(job: Job) -> dict[str, object]:
     return {name: getattr(job, name) for name in job.__dataclass_fields__}
+
+
+def test_find_run_shows_the_latest_value_of_each_metric(repository: Repository) -> None:
+    from hpcsync.db.metric_store import upsert_metrics
+    from hpcsync.models import MetricPoint
+
+    (run,) = repository.save_runs([(make_run("12"), False, [])], T0)
+    assert run.id is not None
+    with repository.atomic() as connection:
+        upsert_metrics(
+            connection,
+            run.id,
+            [
+                MetricPoint("loss", 1, 0.9, T0),
+                MetricPoint("loss", 2, 0.5, T0),
+                MetricPoint("acc", 1, 0.7, T0),
+            ],
+        )
+    found = repository.find_run("12")
+    assert found is not None
+    assert {name: (p["step"], p["value"]) for name, p in found["metrics"].items()} == {
+        "acc": (1, 0.7),
+        "loss": (2, 0.5),
+    }
