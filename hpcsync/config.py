@@ -60,6 +60,11 @@ class SlurmSettings(_Section):
         ge=1,
         description="Longest wait, in seconds, between polls while Slurm fails.",
     )
+    usage_interval: float = Field(
+        default=300.0,
+        ge=0,
+        description="Seconds between sstat reads of running jobs' CPU and memory; 0 turns them off.",
+    )
     catchup_days: float = Field(
         default=7.0,
         ge=0,

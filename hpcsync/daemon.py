@@ -23,6 +23,7 @@ from hpcsync.ingest import IngestStats, LogIngester, ended_runs
 from hpcsync.slurm import make_scheduler
 from hpcsync.slurm.base import Scheduler
 from hpcsync.sync import CycleStats, JobTracker, utc_now
+from hpcsync.usage_refresh import refresh_live_usage
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +184,7 @@ class Daemon:
         self._tracker: JobTracker | None = None
         self._repository: Repository | None = None
         self._ingester: LogIngester | None = None
+        self._last_usage = float("-inf")
         interval = self.settings.slurm.poll_interval
         self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
 
@@ -262,6 +264,26 @@ class Daemon:
         self._last_cycle_end = time.monotonic()
         ingested = self._follow(stats)
         log.info("%s; %s", stats.summary(), ingested.summary() if ingested else "logs not read")
+        self._refresh_usage()
+
+    def _refresh_usage(self) -> None:
+        # Live CPU and memory come from one sstat call, at a slower cadence than the poll.
+        interval = self.settings.slurm.usage_interval
+        if interval <= 0 or time.monotonic() - self._last_usage < interval:
+            return
+        assert self._tracker is not None and self._repository is not None
+        self._last_usage = time.monotonic()
+        try:
+            stats = refresh_live_usage(
+                self._repository,
+                self._tracker.live_runs,
+                timeout=self.settings.slurm.command_timeout,
+            )
+        except HpcsyncError as exc:
+            log.warning("live usage (sstat) failed, retrying in %.0f s: %s", interval, exc)
+            return
+        if stats.written:
+            log.info("%s", stats.summary())
 
     def _follow(self, stats: CycleStats) -> IngestStats | None:
         assert self._ingester is not None and self._tracker is not None

@@ -1,30 +1,24 @@
 """Training metrics and GPU samples from the files of live runs, into the database exactly once.
 
-Which files a run has (`run_files`, and `files_in_root` in logs/watcher.py):
-- its StdOut and StdErr as Slurm expanded them (Slurm's default `slurm-%j.out` in the work
-  directory when the job set none);
-- the GPU sample files `hpcsync-<job id>-<node>.gpu.jsonl` beside its StdOut, one per node of
-  the job, named exactly, so nothing is listed;
-- files directly in a log root (its top level only, one `scandir` per root; never a tree walk)
-  whose name carries the job id as a whole number (`slurm-1234.out`, `train.1234_7.log`, not
-  `slurm-12345.out`) and ends in .out, .err, .log, .txt or .jsonl, and the sample files
-  `hpcsync-<job id>-*.gpu.jsonl` there. An array task matches its `1234_7` and its raw id. A
-  file last written before the job was submitted belongs to an older job with the same id.
+Which files a run has is decided in ingest_files.py (StdOut, StdErr, GPU sample files beside
+them, files in log roots); sample lines and the GPU summary in ingest_gpu.py.
 A path is registered once per run, by its real path (StdOut and StdErr are often one file).
 Roots are listed when a run is first tracked, every `root_scan_seconds` after, and at its end.
 Files are registered once the job has left PENDING (a pending job has written nothing).
 
 Exactly once. Each file has a cursor row (`log_cursors`): offset, file identity, fingerprint,
 the per-name step counters and the parser's stream state at that offset. The points parsed
-from a read and the cursor after them commit in one transaction; a failure before the commit
-rolls both back and the same bytes are read again into the same keys, a failure after it
-never reads them again. In-memory state changes only after a commit.
+from a read, the GPUs named by a sample file's header lines (`run_gpus`) and the cursor after
+them commit in one transaction; a failure before the commit rolls all back and the same bytes
+are read again into the same keys, a failure after it never reads them again. In-memory state
+changes only after a commit.
 
 Steps come from the line (explicit key or framework counter); otherwise from a per-name counter
 kept per file with its cursor, so a re-read gives the same steps. A truncated, rewritten or
 replaced file (a requeued job's restart) is read again from byte 0 with fresh counters and
 parser state: repeated steps overwrite, the newer value wins, and nothing is doubled.
 Timestamps: the line's own (naive means local time), else the time of reading; stored in UTC.
+When a run ends (`finish`), its `gpu_util_mean` is written once its files are read to the end.
 """
 
 from __future__ import annotations
@@ -39,31 +33,30 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, tzinfo
 
-from hpcsync.db.metric_store import CursorRow, Row, load_cursors, save_cursor, upsert_rows
+from hpcsync.db.metric_store import (
+    CursorRow,
+    Row,
+    RunGpu,
+    load_cursors,
+    save_cursor,
+    upsert_rows,
+    upsert_run_gpus,
+)
 from hpcsync.db.repository import Repository
 from hpcsync.errors import StorageError
-from hpcsync.gpu.samples import SampleRecord, parse_sample_line, sample_metrics
+from hpcsync.ingest_files import run_files, written_since
+from hpcsync.ingest_gpu import PendingSummaries, sample_rows
 from hpcsync.logs.lines import clean
 from hpcsync.logs.parsers import MetricParser, ParsedValue, StreamState
 from hpcsync.logs.tailer import DEFAULT_MAX_LINE_BYTES, Cursor, TailRead, read_lines
-from hpcsync.logs.watcher import (
-    Kind,
-    ObserverKind,
-    Watcher,
-    expand_hostlist,
-    files_in_root,
-    kind_of,
-)
+from hpcsync.logs.watcher import Kind, ObserverKind, Watcher, files_in_root, kind_of
 from hpcsync.models import JobState, Run
-from hpcsync.slurm.patterns import default_output
 
 log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 MAX_NAME = 255
 MAX_STEP = 2**63 - 1
-CLOCK_SKEW_SECONDS = 300.0
-"""How much earlier than the job's submission a root file may have been written and be its."""
 
 
 def utc_now() -> datetime:
@@ -137,6 +130,7 @@ class LogIngester:
         self._failing: set[tuple[int, str]] = set()
         self._last_root_scan: datetime | None = None
         self._named: dict[int, tuple[object, ...]] = {}
+        self._summaries = PendingSummaries(repository)
         self._lock = threading.RLock()
 
     @property
@@ -173,7 +167,9 @@ class LogIngester:
             keys = set(self._retry)
             for path in self.watcher.changed():
                 keys.update(self._by_path.get(path, ()))
-            return self._read_all(sorted(keys), final=False)
+            stats = self._read_all(sorted(keys), final=False)
+            self._summarise()
+            return stats
 
     def finish(self, runs: Sequence[Run]) -> IngestStats:
         """Read all of these ended runs' files to their end once, then forget them."""
@@ -188,6 +184,7 @@ class LogIngester:
                 self._update(run)
             self._scan_roots(list(ended.values()))
             keys = sorted(key for key in self._files if key[0] in ended)
+            self._summaries.runs.update(ended)
             stats = self._read_all(keys, final=True)
             for key in keys:
                 if key not in self._retry:
@@ -195,6 +192,7 @@ class LogIngester:
             for run_id in ended.keys() - {key[0] for key in self._files}:
                 self._runs.pop(run_id, None)
                 self._named.pop(run_id, None)
+            self._summarise()
             return stats
 
     def follow(self, live: Sequence[Run], ended: Sequence[Run] = ()) -> IngestStats:
@@ -272,8 +270,14 @@ class LogIngester:
         for root in self.roots:
             for job_id, path, kind, mtime in files_in_root(root, by_id):
                 run = by_id[job_id]
-                if _written_since(mtime, run):
+                if written_since(mtime, run):
                     self._add_files(run, [(path, kind)])
+
+    def _summarise(self) -> None:
+        """Write the GPU summary of ended runs whose sample files were all read; else wait."""
+        if self._summaries.runs:
+            gpu_files = (self._files.get(key) for key in self._retry)
+            self._summaries.write({f.run_id for f in gpu_files if f and f.kind == "gpu"})
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -330,8 +334,10 @@ class LogIngester:
                     "job %s: %s was truncated or replaced; reading it again", file.job_id, file.path
                 )
             now = self.clock()
+            gpus: list[RunGpu] = []
             if state is None:
-                points = _sample_points(result.lines)
+                rows = sample_rows(result.lines)
+                points, gpus = rows.points, rows.gpus
             else:
                 points = self._log_points(
                     file, result, state, counters, now, flush=final and not result.more
@@ -350,6 +356,7 @@ class LogIngester:
             if new != row:
                 with self.repository.atomic() as connection:
                     written = upsert_rows(connection, file.run_id, points)
+                    upsert_run_gpus(connection, file.run_id, gpus)
                     save_cursor(connection, new, now)
                 file.cursor = new
                 stats.points += written
@@ -418,39 +425,6 @@ def ended_runs(changed: Iterable[Run], live: Iterable[Run]) -> list[Run]:
     """Return the runs among a cycle's changes that are no longer live (they just became final)."""
     live_ids = {run.id for run in live}
     return [run for run in changed if run.id not in live_ids]
-
-
-def run_files(run: Run) -> list[tuple[str, Kind]]:
-    """Return StdOut, StdErr and (unless the job has no GPUs) its per-node sample files beside."""
-    job = run.job
-    outputs = [path for path in (job.stdout_path, job.stderr_path) if path]
-    if not outputs and job.work_dir:
-        outputs = [default_output(job)]
-    files: list[tuple[str, Kind]] = []
-    for path in outputs:
-        if "%" in path and not job.node_list:
-            continue  # `%N` stays unexpanded until the job has a node
-        files.append((path, "log"))
-    if outputs and job.node_list and job.num_gpus != 0:
-        directory = os.path.dirname(outputs[0])
-        for node in expand_hostlist(job.node_list):
-            files.append((os.path.join(directory, f"hpcsync-{job.job_id}-{node}.gpu.jsonl"), "gpu"))
-    return files
-
-
-def _written_since(mtime: float, run: Run) -> bool:
-    """False for a file last written before the job was submitted (an older job's, same id)."""
-    submitted = run.job.submitted_at
-    return submitted is None or mtime >= submitted.timestamp() - CLOCK_SKEW_SECONDS
-
-
-def _sample_points(lines: Sequence[str]) -> list[Row]:
-    points: list[Row] = []
-    for line in lines:
-        record = parse_sample_line(line)
-        if isinstance(record, SampleRecord):
-            points.extend((p.name, p.step, p.value, p.timestamp) for p in sample_metrics(record))
-    return points
 
 
 def _load_state(text: str | None) -> StreamState:

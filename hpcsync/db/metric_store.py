@@ -1,4 +1,4 @@
-"""Metric points and log cursors, written in bulk on a connection inside `Repository.atomic()`.
+"""Metric points, log cursors and run usage, written on a connection inside `Repository.atomic()`.
 
 Points are keyed (run_id, name, step); writing a key again replaces its value and timestamp, so
 the newer value wins (a job restarted from a checkpoint repeats steps, and a file re-read after
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, Float, bindparam, case, cast, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
-from hpcsync.db.tables import log_cursors, metrics
+from hpcsync.db.tables import log_cursors, metrics, run_gpus, runs
 from hpcsync.models import MetricPoint
 
 _SQLITE_UPSERT = (
@@ -200,3 +200,134 @@ def save_cursor(connection: Connection, cursor: CursorRow, now: datetime) -> Non
         set_={key: statement.excluded[key] for key in values if key not in ("run_id", "path")},
     )
     connection.execute(statement)
+
+
+@dataclass(frozen=True, slots=True)
+class RunGpu:
+    """A physical GPU a run had on one node, as its sample file's header line names it."""
+
+    node: str
+    i: int
+    """The GPU's index within the job: the `{i}` of `system/gpu_{i}_*`."""
+    minor: int | None
+    uuid: str
+    name: str
+    driver: str | None
+    seen_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LiveUsageRow:
+    """A running run's usage so far: its largest RSS and CPU efficiency (None: not known)."""
+
+    run_id: int
+    max_rss_mb: float | None
+    cpu_efficiency: float | None
+
+
+def upsert_run_gpus(connection: Connection, run_id: int, gpus: Sequence[RunGpu]) -> int:
+    """Insert or update a run's GPUs, keyed (run_id, node, uuid); return rows sent."""
+    latest = {(gpu.node, gpu.uuid): gpu for gpu in gpus}
+    if not latest:
+        return 0
+    dialect_insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    statement = dialect_insert(run_gpus)
+    statement = statement.on_conflict_do_update(
+        index_elements=[run_gpus.c.run_id, run_gpus.c.node, run_gpus.c.uuid],
+        set_={key: statement.excluded[key] for key in ("i", "minor", "name", "driver", "seen_at")},
+    )
+    params = [
+        {
+            "run_id": run_id,
+            "node": gpu.node,
+            "i": gpu.i,
+            "minor": gpu.minor,
+            "uuid": gpu.uuid,
+            "name": gpu.name,
+            "driver": gpu.driver,
+            "seen_at": gpu.seen_at,
+        }
+        for gpu in latest.values()
+    ]
+    connection.execute(statement, params)
+    return len(params)
+
+
+def load_run_gpus(connection: Connection, run_id: int) -> list[RunGpu]:
+    """Return a run's GPUs ordered by node and `i`."""
+    query = (
+        select(run_gpus)
+        .where(run_gpus.c.run_id == run_id)
+        .order_by(run_gpus.c.node, run_gpus.c.i, run_gpus.c.uuid)
+    )
+    return [
+        RunGpu(
+            node=row.node,
+            i=row.i,
+            minor=row.minor,
+            uuid=row.uuid,
+            name=row.name,
+            driver=row.driver,
+            seen_at=row.seen_at,
+        )
+        for row in connection.execute(query)
+    ]
+
+
+def gpu_util_mean(connection: Connection, run_id: int) -> float | None:
+    """Return the mean of a run's `system/gpu_{i}_utilization_percentage` points; None if none.
+
+    Every point is one GPU's average over one sampling interval, and each counts once: the
+    mean over all GPUs and all intervals. With every GPU reporting every interval this is the
+    time average of the per-interval mean across GPUs, so one idle GPU beside one busy one
+    gives 50. The names come from the run's `run_gpus` rows (which the sampler writes before
+    any sample), so the query stays on the metrics index.
+    """
+    indices = connection.execute(
+        select(run_gpus.c.i).where(run_gpus.c.run_id == run_id).distinct()
+    ).scalars()
+    names = [f"system/gpu_{i}_utilization_percentage" for i in indices]
+    if not names:
+        return None
+    value = connection.execute(
+        select(func.avg(metrics.c.value)).where(
+            metrics.c.run_id == run_id, metrics.c.name.in_(names)
+        )
+    ).scalar_one_or_none()
+    return None if value is None else float(value)
+
+
+def set_gpu_util_mean(connection: Connection, run_id: int, value: float | None) -> None:
+    """Store a run's `gpu_util_mean`; None leaves the stored value as it is."""
+    if value is not None:
+        connection.execute(update(runs).where(runs.c.id == run_id).values(gpu_util_mean=value))
+
+
+def update_live_usage(connection: Connection, usage: Sequence[LiveUsageRow]) -> int:
+    """Write running runs' `max_rss_mb` (never lowered) and `cpu_efficiency`; return rows sent.
+
+    Runs already final are left alone: their values come from accounting. A None keeps the
+    stored value.
+    """
+    if not usage:
+        return 0
+    rss = cast(bindparam("rss", type_=Float), Float)
+    efficiency = cast(bindparam("efficiency", type_=Float), Float)
+    statement = (
+        update(runs)
+        .where(runs.c.id == bindparam("run"), runs.c.final.is_(False))
+        .values(
+            max_rss_mb=case(
+                (rss.is_(None), runs.c.max_rss_mb),
+                (runs.c.max_rss_mb.is_(None) | (runs.c.max_rss_mb < rss), rss),
+                else_=runs.c.max_rss_mb,
+            ),
+            cpu_efficiency=func.coalesce(efficiency, runs.c.cpu_efficiency),
+        )
+    )
+    params = [
+        {"run": row.run_id, "rss": row.max_rss_mb, "efficiency": row.cpu_efficiency}
+        for row in usage
+    ]
+    connection.execute(statement, params)
+    return len(params)

@@ -116,6 +116,9 @@ _JOB_COLUMNS = {
 }
 
 
+_KEEP_WHEN_MISSING = ("max_rss_mb", "cpu_efficiency", "elapsed_seconds", "total_cpu_seconds")
+
+
 class Repository:
     """Reads and writes runs, experiments, events and daemon state; raises StorageError."""
 
@@ -199,6 +202,10 @@ class Repository:
                     run_id = self._insert_run(connection, values)
                 else:
                     run_id = run.id
+                    # Usage the job record lacks (live sstat figures) stays as stored.
+                    for key in _KEEP_WHEN_MISSING:
+                        if values[key] is None:
+                            del values[key]
                     connection.execute(update(runs).where(runs.c.id == run_id).values(values))
                 if events:
                     connection.execute(

@@ -166,3 +166,21 @@ log_cursors = Table(
     UniqueConstraint("run_id", "path"),
 )
 """Where reading stopped in each log or sample file of a run; committed with the metrics read."""
+
+run_gpus = Table(
+    "run_gpus",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("node", String(255), nullable=False),
+    Column("i", Integer, nullable=False),
+    Column("minor", Integer),
+    Column("uuid", String(128), nullable=False),
+    Column("name", String(255), nullable=False, server_default=""),
+    Column("driver", String(64)),
+    Column("seen_at", UtcDateTime, nullable=False),
+    UniqueConstraint("run_id", "node", "uuid"),
+)
+"""The physical GPUs a run had, from the header lines of its sample files: one row per
+(run, node, UUID). `i` is the GPU's index within the job (the `{i}` of `system/gpu_{i}_*`),
+`minor` its `/dev/nvidiaN`; `seen_at` is when the sampler last wrote the header."""

@@ -229,3 +229,16 @@ def test_find_run_shows_the_latest_value_of_each_metric(repository: Repository) 
         "acc": (1, 0.7),
         "loss": (2, 0.5),
     }
+
+
+def test_an_update_without_usage_keeps_the_stored_usage(repository: Repository) -> None:
+    (run,) = repository.save_runs(
+        [(make_run("13", JobState.RUNNING, max_rss_mb=150.0), False, [])], T0
+    )
+    repository.save_runs([(Run(**{**_run_fields(run), "job": make_run("13").job}), False, [])], T0)
+    found = repository.find_run("13")
+    assert found is not None and found["max_rss_mb"] == 150.0
+
+
+def _run_fields(run: Run) -> dict[str, object]:
+    return {name: getattr(run, name) for name in run.__dataclass_fields__}
