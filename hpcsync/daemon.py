@@ -88,8 +88,8 @@ def sync_once(
     try:
         tracker = build_tracker(settings, repository, scheduler)
         tracker.load()
-        caught = tracker.catch_up(_first_start(settings))
         stats = tracker.cycle()
+        caught = tracker.catch_up(_first_start(settings))
         ingested = follow_logs(ingester, tracker, caught, stats)
         stats.new += caught.new
         stats.changed += caught.changed
@@ -247,10 +247,13 @@ class Daemon:
                 assert self._repository is not None
                 self._tracker = build_tracker(self.settings, self._repository, self.scheduler)
                 self._tracker.load()
+                stats = self._tracker.cycle()
                 caught = self._tracker.catch_up(_first_start(self.settings))
                 if caught.changed:
                     log.info("caught up: %s", caught.summary())
-            stats = self._tracker.cycle()
+                stats.changes.extend(caught.changes)
+            else:
+                stats = self._tracker.cycle()
         except (SchedulerUnavailable, StorageError) as exc:
             what = "Slurm" if isinstance(exc, SchedulerUnavailable) else "database"
             self._backoff.failed(what, exc)

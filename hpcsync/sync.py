@@ -71,6 +71,7 @@ class JobTracker:
         self._settled: set[tuple[str, datetime | None, int]] = set()
         self._attempts: dict[str, int] = {}
         self._last_seen_written: datetime | None = None
+        self._last_seen: datetime | None = None
         self._loaded = False
 
     @property
@@ -79,15 +80,22 @@ class JobTracker:
         return list(self._live.values())
 
     def load(self) -> None:
-        """Load the live runs from the database."""
+        """Load the live runs, and when the cluster was last seen, from the database."""
         self._live = {run.job.job_id: run for run in self.repository.live_runs(self.cluster)}
+        stored = self.repository.get_state(self.cluster, LAST_SEEN)
+        self._last_seen = datetime.fromisoformat(stored) if stored else None
         self._loaded = True
         log.debug("loaded %d live runs of cluster %s", len(self._live), self.cluster)
 
     def catch_up(self, default_since: datetime | None = None) -> CycleStats:
-        """Import jobs that ran since the cluster was last seen (or since `default_since`)."""
-        stored = self.repository.get_state(self.cluster, LAST_SEEN)
-        since = datetime.fromisoformat(stored) - CATCH_UP_MARGIN if stored else default_since
+        """Import jobs that ran since the cluster was last seen at load (or since `default_since`).
+
+        Call it after the first cycle: jobs still in squeue then keep what only squeue reports.
+        """
+        if not self._loaded:
+            self.load()
+        last_seen = self._last_seen
+        since = last_seen - CATCH_UP_MARGIN if last_seen else default_since
         if since is None:
             return CycleStats()
         return self.import_window(since, self.clock())

@@ -228,6 +228,8 @@ def test_catch_up_imports_jobs_that_ran_while_no_daemon_did(
         ended_at=T0 + timedelta(minutes=9),
     )
     restarted = JobTracker(slurm, repository, "hpc", clock=clock)
+    restarted.load()
+    restarted.cycle()
     restarted.catch_up()
     row = repository.find_run("8")
     assert row is not None and row["status"] == "completed" and row["exit_code"] == 0
