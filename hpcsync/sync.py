@@ -12,7 +12,7 @@ from hpcsync.db.repository import Repository
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job, Run, RunEvent
 from hpcsync.slurm.base import Scheduler
-from hpcsync.tracking import Tag, observe, same_job, tag_for
+from hpcsync.tracking import Tag, is_placeholder, observe, same_job, tag_for
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +147,8 @@ class JobTracker:
         candidates: list[tuple[Job, Tag | None]] = []
         for job in jobs:
             if _settle_key(job) in self._settled:
+                continue
+            if from_accounting and is_placeholder(job):
                 continue
             live = self._live.get(job.job_id)
             if live is not None and same_job(live, job):

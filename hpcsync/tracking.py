@@ -82,6 +82,14 @@ def tag_for(job: Job, track_untagged: bool) -> Tag | None:
     return tag
 
 
+def is_placeholder(job: Job) -> bool:
+    """True for slurmdbd's stand-in job record (no partition, no CPUs) before the real one arrives.
+
+    Its name is `allocation` and its state and exit code are not yet the job's.
+    """
+    return not job.partition and not job.num_cpus
+
+
 def same_job(run: Run, job: Job) -> bool:
     """True when `job` is the job behind `run`, not a reuse of its id after a controller reset."""
     if run.job.job_id != job.job_id:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, tzinfo
 
 from hpcsync.errors import SchedulerUnavailable
@@ -116,6 +116,14 @@ def expand_task_ids(text: str) -> list[int]:
         low, _, high = bounds.partition("-")
         tasks.extend(range(int(low), int(high or low) + 1, int(step or 1)))
     return tasks
+
+
+def selected_by(job: Job, job_ids: Iterable[str]) -> bool:
+    """Say whether `sacct -j <job_ids>` means this job: by its id, its raw id, or its array's id."""
+    wanted = set(job_ids)
+    if job.job_id in wanted or str(job.job_id_raw) in wanted:
+        return True
+    return job.array_job_id is not None and str(job.array_job_id) in wanted
 
 
 def parse_version(text: str) -> str:
@@ -345,27 +353,30 @@ def _with_paths(job: Job, row: _Row) -> Job:
 def parse_sacct(text: str, tz: tzinfo) -> list[Job]:
     """Return the jobs in `sacct --parsable2 --noheader --format=<sacct_format()>` output.
 
-    Step lines (`12.batch`, `10_1.0`) are folded into their job: MaxRSS is the largest
-    over the steps. Raises SchedulerUnavailable on a line it cannot parse.
+    Step lines (`12.batch`, `10_1.0`) are folded into the job line before them: MaxRSS is the
+    largest over the steps. A later record of the same job (`--duplicates`) replaces the
+    earlier. Raises SchedulerUnavailable on a line it cannot parse.
     """
-    jobs: dict[str, list[Job]] = {}
+    records: dict[str, list[Job]] = {}
     max_rss: dict[str, float] = {}
     step_cpu: dict[str, float] = {}
     for row in _rows("sacct", text, formats.SACCT_FIELDS, trailing=False):
-        job_id = row.fields["JobID"].strip()
-        base, dot, _ = job_id.partition(".")
-        if dot:
-            rss = row.size_mb("MaxRSS", default_unit="K")
-            if rss:  # a step that was never sampled shows 0 or nothing
-                max_rss[base] = max(rss, max_rss.get(base, 0.0))
-            cpu = row.duration("TotalCPU")
-            if cpu is not None:
-                step_cpu[base] = step_cpu.get(base, 0.0) + cpu
+        base, dot, _ = row.fields["JobID"].strip().partition(".")
+        if not dot:
+            records.pop(base, None)  # keep insertion order of the latest record
+            records[base] = _sacct_jobs(row, tz)
+            max_rss.pop(base, None)
+            step_cpu.pop(base, None)
             continue
-        jobs[base] = _sacct_jobs(row, tz)
+        rss = row.size_mb("MaxRSS", default_unit="K")
+        if rss:  # a step that ended before its first sample shows nothing
+            max_rss[base] = max(rss, max_rss.get(base, 0.0))
+        cpu = row.duration("TotalCPU")
+        if cpu is not None:
+            step_cpu[base] = step_cpu.get(base, 0.0) + cpu
     folded: list[Job] = []
-    for base, records in jobs.items():
-        for job in records:
+    for base, jobs in records.items():
+        for job in jobs:
             total_cpu = job.total_cpu_seconds
             if total_cpu is None and base in step_cpu:
                 total_cpu = step_cpu[base]
@@ -392,8 +403,8 @@ def _sacct_jobs(row: _Row, tz: tzinfo) -> list[Job]:
         job_id_raw=row.integer("JobIDRaw"),
         state=state,
         name=row.fields["JobName"].strip(),
-        exit_code=exit_code,
-        exit_signal=exit_signal,
+        exit_code=exit_code if state.is_terminal else None,
+        exit_signal=exit_signal if state.is_terminal else None,
         user_name=row.text("User"),
         account=row.text("Account"),
         partition=row.text("Partition"),
@@ -429,6 +440,8 @@ def _sacct_jobs(row: _Row, tz: tzinfo) -> list[Job]:
 
 def _req_mem(row: _Row, num_cpus: int | None, num_nodes: int | None) -> float | None:
     """Return ReqMem in MB for the whole job (`100Mc` is per CPU, `100Mn` per node)."""
+    if row.fields["ReqMem"].strip().endswith("?"):
+        return None  # slurmdbd's stand-in record before the job's own arrives prints `16?`
     per_job = row.size_mb("ReqMem")
     if per_job is None:
         return None

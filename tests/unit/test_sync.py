@@ -276,3 +276,22 @@ def test_status_values_are_the_trackers(
     tracker.cycle()
     row = repository.find_run("1")
     assert row is not None and row["status"] == RunStatus.CANCELLED.value
+
+
+def test_a_stand_in_accounting_record_is_ignored_until_the_real_one_arrives(
+    slurm: FakeScheduler, tracker: JobTracker, repository: Repository
+) -> None:
+    slurm.add(job("15", JobState.RUNNING, started_at=T0, partition="debug"))
+    tracker.cycle()
+    slurm.purge("15")
+    slurm.accounting["15"] = job(
+        "15", JobState.COMPLETED, name="allocation", exit_code=0, partition=None, num_cpus=0
+    )
+    tracker.cycle()
+    assert [run.job.job_id for run in tracker.live_runs] == ["15"]
+    slurm.accounting["15"] = job(
+        "15", JobState.FAILED, exit_code=4, partition="debug", num_cpus=1, ended_at=T0
+    )
+    tracker.cycle()
+    row = repository.find_run("15")
+    assert row is not None and (row["job_name"], row["exit_code"]) == ("train", 4)

@@ -7,7 +7,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from hpcsync.models import Job, JobState, RunStatus
-from hpcsync.tracking import merge_job, observe, parse_comment, same_job, status_for, tag_for
+from hpcsync.tracking import (
+    is_placeholder,
+    merge_job,
+    observe,
+    parse_comment,
+    same_job,
+    status_for,
+    tag_for,
+)
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -141,3 +149,14 @@ def test_a_reused_job_id_with_a_new_submit_time_is_another_job() -> None:
     old, _ = observe(None, job(JobState.COMPLETED), tag_for(job(), False), "hpc", T0)
     assert not same_job(old, job(submitted_at=T0 + timedelta(days=3)))
     assert same_job(old, job())
+
+
+def test_slurmdbds_stand_in_record_is_recognised() -> None:
+    from pathlib import Path
+
+    from hpcsync.slurm.parsers import parse_sacct
+
+    text = (Path(__file__).parents[1] / "fixtures" / "slurm" / "sacct_placeholder.txt").read_text()
+    (placeholder,) = parse_sacct(text, UTC)
+    assert placeholder.name == "allocation" and is_placeholder(placeholder)
+    assert not is_placeholder(job(JobState.FAILED, partition="debug", num_cpus=2, exit_code=4))
