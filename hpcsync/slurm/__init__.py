@@ -18,7 +18,7 @@ BACKENDS = ("auto", "cli", "pyslurm")
 
 
 def same_release(first: str, second: str) -> bool:
-    """Say whether two versions share a Slurm release (`25.11.2` and `25.11.0` do; `22.05` is `22.5`)."""
+    """Say whether two versions share a Slurm release (`25.11.2`, `25.11.0`; `22.05.8`, `22.5.1`)."""
     release = _release(first)
     return bool(release) and release == _release(second)
 
@@ -41,12 +41,9 @@ def make_scheduler(
     scontrol: str = "scontrol",
     tz: tzinfo | None = None,
 ) -> Scheduler:
-    """Return the backend named `auto`, `cli` or `pyslurm`, logging which one and why.
-
-    `auto` takes pyslurm when it imports and was built for the cluster's Slurm release,
-    else the CLI. Raises ConfigError for an unknown name and SchedulerUnavailable when
-    `pyslurm` is asked for but cannot be imported.
-    """
+    """Return the `auto`, `cli` or `pyslurm` backend and log which and why; ConfigError if unknown."""
+    # `auto` takes pyslurm when it imports and was built for the cluster's Slurm release;
+    # an explicit `pyslurm` that cannot be imported raises SchedulerUnavailable.
     if backend not in BACKENDS:
         raise ConfigError(f"slurm.backend: unknown backend {backend!r}; use auto, cli or pyslurm")
     cli = CliScheduler(timeout=timeout, squeue=squeue, sacct=sacct, scontrol=scontrol, tz=tz)

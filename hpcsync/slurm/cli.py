@@ -16,13 +16,20 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job
 from hpcsync.slurm import formats
-from hpcsync.slurm.parsers import parse_cluster_name, parse_sacct, parse_squeue, parse_version
+from hpcsync.slurm.parsers import (
+    parse_cluster_name,
+    parse_sacct,
+    parse_squeue,
+    parse_version,
+    selected_by,
+)
 
 logger = logging.getLogger(__name__)
 
+# With a state list sacct also returns jobs that ended in the window without ever becoming
+# eligible (held, then cancelled), which its plain window omits (fixtures README, fact 5).
 WINDOW_STATES = "PD,R,S,CD,CA,F,TO,NF,PR,BF,DL,OOM,RQ,RS,RV"
-"""sacct `--state` for a window query: with a state list sacct also returns jobs that ended in
-the window without ever becoming eligible (held, then cancelled), which its default omits."""
+"""sacct `--state` for a window query: every state."""
 
 _SLURM_TIME = "%Y-%m-%dT%H:%M:%S"
 
@@ -82,8 +89,13 @@ class CliScheduler:
         """Return sacct's records of these jobs (`10` selects all tasks of array 10), in one call."""
         if not job_ids:
             return []
-        ids = ",".join(dict.fromkeys(job_ids))
-        return parse_sacct(self._run("sacct", [*self._sacct_args(), "-j", ids]), self.tz)
+        wanted = set(job_ids)
+        # `-j 4_1` misses a task still inside its array's pending record (`4_[1-2]`), so the
+        # array's own id is asked too and the answer trimmed to what was wanted.
+        arrays = [job_id.partition("_")[0] for job_id in job_ids if "_" in job_id]
+        ids = ",".join(dict.fromkeys([*job_ids, *arrays]))
+        text = self._run("sacct", [*self._sacct_args(), "-j", ids])
+        return [job for job in parse_sacct(text, self.tz) if selected_by(job, wanted)]
 
     def jobs_between(self, start: datetime, end: datetime) -> list[Job]:
         """Return sacct's records of jobs that were pending, ran or ended in [start, end]."""

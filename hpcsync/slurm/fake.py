@@ -11,6 +11,7 @@ from typing import Any
 
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job
+from hpcsync.slurm.parsers import selected_by
 
 logger = logging.getLogger(__name__)
 
@@ -112,8 +113,7 @@ class FakeScheduler:
         if not job_ids:
             return []
         self._call("job_history")
-        wanted = set(job_ids)
-        return [job for job in self.accounting.values() if _selected(job, wanted)]
+        return [job for job in self.accounting.values() if selected_by(job, job_ids)]
 
     def jobs_between(self, start: datetime, end: datetime) -> list[Job]:
         """Return accounting records of jobs submitted before `end` that had not ended by `start`."""
@@ -124,10 +124,3 @@ class FakeScheduler:
             if (job.submitted_at is None or job.submitted_at <= end)
             and (job.ended_at is None or job.ended_at >= start)
         ]
-
-
-def _selected(job: Job, wanted: set[str]) -> bool:
-    """Say whether `sacct -j <wanted>` would print this job."""
-    if job.job_id in wanted or str(job.job_id_raw) in wanted:
-        return True
-    return job.array_job_id is not None and str(job.array_job_id) in wanted

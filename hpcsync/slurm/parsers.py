@@ -27,10 +27,7 @@ def none_if_null(text: str) -> str | None:
 
 
 def parse_time(text: str, tz: tzinfo) -> datetime | None:
-    """Return Slurm's zone-less local time (`2026-11-22T19:01:02`) as aware UTC; None if unset.
-
-    Raises ValueError for anything else.
-    """
+    """Return Slurm's zone-less local time as aware UTC, None if unset; ValueError if no time."""
     value = none_if_null(text)
     if value is None:
         return None
@@ -38,10 +35,7 @@ def parse_time(text: str, tz: tzinfo) -> datetime | None:
 
 
 def parse_size_mb(text: str, default_unit: str = "M") -> float | None:
-    """Return a Slurm size (`100M`, `1.50G`, `512K`, `100Mc`) in MB, ignoring a c/n suffix.
-
-    Raises ValueError for anything else.
-    """
+    """Return a size (`100M`, `1.50G`, `100Mc`) in MB, None if unset; ValueError if no size."""
     value = none_if_null(text)
     if value is None:
         return None
@@ -52,10 +46,7 @@ def parse_size_mb(text: str, default_unit: str = "M") -> float | None:
 
 
 def parse_duration(text: str) -> float | None:
-    """Return `[D-]HH:MM:SS`, `MM:SS.mmm` or `SS.mmm` as seconds; None if unset.
-
-    Raises ValueError for anything else.
-    """
+    """Return `[D-]HH:MM:SS` or `MM:SS.mmm` as seconds, None if unset; ValueError otherwise."""
     value = none_if_null(text)
     if value is None:
         return None
@@ -79,11 +70,8 @@ def parse_tres(text: str) -> dict[str, str]:
 
 
 def parse_gpus(text: str) -> tuple[int | None, str | None]:
-    """Return (count, type) from TRES (`gres/gpu:a100=2`) or GRES (`gres:gpu:a100:2`); None if none.
-
-    A job with GPUs of several types gets the types joined by commas. Raises ValueError on a
-    bad count.
-    """
+    """Return GPU (count, type) from TRES `gres/gpu:a100=2` or GRES `gres:gpu:a100:2`."""
+    # Several types are joined by commas; a bad count raises ValueError.
     value = none_if_null(text)
     if value is None:
         return None, None
@@ -103,10 +91,7 @@ def parse_gpus(text: str) -> tuple[int | None, str | None]:
 
 
 def expand_task_ids(text: str) -> list[int]:
-    """Return the task ids of an array range (`0-3`, `1,5-9:2`, `[0-2%1]`).
-
-    Raises ValueError for anything else.
-    """
+    """Return the task ids of an array range (`0-3`, `1,5-9:2`, `[1-2%1]`); ValueError if none."""
     value = text.strip().strip("[]").split("%", 1)[0]
     if not _TASKS.match(value):
         raise ValueError(f"not an array range: {text!r}")
@@ -127,10 +112,7 @@ def selected_by(job: Job, job_ids: Iterable[str]) -> bool:
 
 
 def parse_version(text: str) -> str:
-    """Return the Slurm version from `scontrol --version` or `scontrol show config` output.
-
-    Raises SchedulerUnavailable if there is none.
-    """
+    """Return the version in `scontrol --version` or `show config` text; SchedulerUnavailable if none."""
     config = _config_values(text)
     if "SLURM_VERSION" in config:
         return config["SLURM_VERSION"]
@@ -261,10 +243,7 @@ def _started(state: JobState, node_list: str | None, start: datetime | None) -> 
 
 
 def parse_squeue(text: str, tz: tzinfo) -> list[Job]:
-    """Return the jobs in `squeue -a -r -t all -h -O <squeue_format()>` output.
-
-    Raises SchedulerUnavailable on a line it cannot parse.
-    """
+    """Return the jobs in `squeue -h -O <squeue_format()>` text; SchedulerUnavailable if unparseable."""
     jobs: list[Job] = []
     for row in _rows("squeue", text, formats.SQUEUE_FIELDS, trailing=True):
         jobs.extend(_squeue_jobs(row, tz))
@@ -351,12 +330,9 @@ def _with_paths(job: Job, row: _Row) -> Job:
 
 
 def parse_sacct(text: str, tz: tzinfo) -> list[Job]:
-    """Return the jobs in `sacct --parsable2 --noheader --format=<sacct_format()>` output.
-
-    Step lines (`12.batch`, `10_1.0`) are folded into the job line before them: MaxRSS is the
-    largest over the steps. A later record of the same job (`--duplicates`) replaces the
-    earlier. Raises SchedulerUnavailable on a line it cannot parse.
-    """
+    """Return the jobs in `sacct --parsable2` text, steps folded in; SchedulerUnavailable if unparseable."""
+    # A step line (`12.batch`, `10_1.0`) follows its job line: MaxRSS is the largest over the
+    # steps. A later record of the same job (`--duplicates`) replaces the earlier one.
     records: dict[str, list[Job]] = {}
     max_rss: dict[str, float] = {}
     step_cpu: dict[str, float] = {}

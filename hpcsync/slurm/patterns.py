@@ -37,12 +37,9 @@ def first_node(node_list: str | None) -> str | None:
 
 
 def expand_pattern(pattern: str, job: Job, node: str | None = None) -> str:
-    """Return the path a batch job's `--output`/`--error` pattern names, resolved against work_dir.
-
-    `%N` becomes `node` (default: the first node of the job); it stays as written while the
-    job has no node. A pattern containing a backslash is taken literally, backslashes removed,
-    and unknown `%` sequences are kept, as Slurm does.
-    """
+    """Return the path a batch job's `--output` pattern names, resolved against its work_dir."""
+    # As slurmstepd: `%N` is `node` or the job's first node (kept as written while it has none);
+    # a pattern with a backslash is literal, backslashes removed; unknown `%x` sequences stay.
     if "\\" in pattern:
         expanded = pattern.replace("\\", "")
     else:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job, JobState
-from hpcsync.slurm.parsers import expand_task_ids
+from hpcsync.slurm.parsers import expand_task_ids, selected_by
 from hpcsync.slurm.patterns import default_output
 
 logger = logging.getLogger(__name__)
@@ -69,47 +69,44 @@ class PyslurmScheduler:
     def list_jobs(self) -> list[Job]:
         """Return every job and array task the controller holds, from one RPC."""
         # Reading all passwd entries once beats one lookup per job's user_name.
-        loaded = self._call("Jobs.load", lambda: self._pyslurm.Jobs.load(preload_passwd_info=True))
-        jobs: list[Job] = []
-        for record in loaded.values():
-            jobs.extend(_controller_jobs(record))
-        return jobs
+        return self._call(
+            "Jobs.load",
+            lambda: [
+                job
+                for record in self._pyslurm.Jobs.load(preload_passwd_info=True).values()
+                for job in _controller_jobs(record)
+            ],
+        )
 
     def job_history(self, job_ids: Sequence[str]) -> list[Job]:
         """Return slurmdbd's records of these jobs (`10` selects all tasks of array 10)."""
         if not job_ids:
             return []
         raw_ids: dict[int, None] = {}
-        tasks: dict[str, None] = {}
-        whole: set[int] = set()
         for job_id in job_ids:
-            base, _, task = job_id.partition("_")
             try:
-                raw_ids[int(base)] = None
+                raw_ids[int(job_id.partition("_")[0])] = None
             except ValueError:
                 raise SchedulerUnavailable(f"pyslurm: not a Slurm job id: {job_id!r}") from None
-            if task:
-                tasks[job_id] = None
-            else:
-                whole.add(int(base))
-        db = self._pyslurm.db
-        db_filter = db.JobFilter(ids=list(raw_ids))
-        loaded = self._call("db.Jobs.load", lambda: db.Jobs.load(db_filter))
-        jobs = [job for record in loaded.values() for job in _db_jobs(record)]
-        return [
-            job
-            for job in jobs
-            if job.job_id in tasks
-            or job.job_id_raw in whole
-            or (job.array_job_id is not None and job.array_job_id in whole)
-        ]
+        # JobFilter takes integer ids; slurmdbd then also returns every task of an array id.
+        jobs = self._load_db("db.Jobs.load", ids=list(raw_ids))
+        return [job for job in jobs if selected_by(job, job_ids)]
 
     def jobs_between(self, start: datetime, end: datetime) -> list[Job]:
         """Return slurmdbd's records of jobs that were eligible, ran or ended in [start, end]."""
+        return self._load_db("db.Jobs.load", start_time=start, end_time=end)
+
+    def _load_db(self, what: str, **conditions: Any) -> list[Job]:
+        """Return the Jobs of one `db.Jobs.load(JobFilter(**conditions))` call."""
         db = self._pyslurm.db
-        db_filter = db.JobFilter(start_time=start, end_time=end)
-        loaded = self._call("db.Jobs.load", lambda: db.Jobs.load(db_filter))
-        return [job for record in loaded.values() for job in _db_jobs(record)]
+        return self._call(
+            what,
+            lambda: [
+                job
+                for record in db.Jobs.load(db.JobFilter(**conditions)).values()
+                for job in _db_jobs(record)
+            ],
+        )
 
 
 def _text(value: Any) -> str | None:
@@ -224,13 +221,14 @@ def _controller_jobs(record: Any) -> list[Job]:
 def _db_jobs(record: Any) -> list[Job]:
     """Return the Jobs one `pyslurm.db.Job` stands for, with usage from its steps."""
     fields = _common(record, _text(record.nodelist))
+    state: JobState = fields["state"]
     stats = record.stats
     # JobStatistics is all zeros for a job without (sampled) steps; sacct shows no MaxRSS then.
     rss_bytes = _int(stats.resident_memory) or None
     job = Job(
         job_id=str(fields["job_id_raw"]),
-        exit_code=_int(record.exit_code),
-        exit_signal=_int(record.exit_code_signal),
+        exit_code=_int(record.exit_code) if state.is_terminal else None,
+        exit_signal=_int(record.exit_code_signal) if state.is_terminal else None,
         elapsed_seconds=_int(record.elapsed_time) or 0,
         total_cpu_seconds=float(stats.total_cpu_time or 0),
         max_rss_mb=None if rss_bytes is None else rss_bytes / 2**20,

@@ -1,0 +1,1 @@
+"""pyslurm.core: the controller side."""
