@@ -18,6 +18,7 @@ from hpcsync.models import Job
 from hpcsync.slurm import formats
 from hpcsync.slurm.parsers import (
     parse_cluster_name,
+    parse_config_value,
     parse_sacct,
     parse_squeue,
     parse_version,
@@ -75,6 +76,10 @@ class CliScheduler:
     def cluster_name(self) -> str:
         """Return ClusterName from `scontrol show config` (asked once, then remembered)."""
         return parse_cluster_name(self._show_config())
+
+    def accounting_store_flags(self) -> str:
+        """Return AccountingStoreFlags (`job_comment` makes sacct keep comments)."""
+        return parse_config_value(self._show_config(), "AccountingStoreFlags")
 
     def version(self) -> str:
         """Return the controller's SLURM_VERSION from `scontrol show config`."""

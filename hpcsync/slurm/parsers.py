@@ -130,6 +130,11 @@ def parse_cluster_name(show_config_text: str) -> str:
     return name
 
 
+def parse_config_value(show_config_text: str, key: str) -> str:
+    """Return one `scontrol show config` value, `""` when it is unset or absent."""
+    return none_if_null(_config_values(show_config_text).get(key, "")) or ""
+
+
 def _config_values(text: str) -> dict[str, str]:
     """Return the `Key = Value` lines of `scontrol show config` as a dict."""
     values: dict[str, str] = {}

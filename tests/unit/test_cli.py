@@ -138,6 +138,21 @@ def test_check_reports_each_dependency(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "✓ config" in out and "✓ database" in out and "Slurm 22.05.8, cluster fakecluster" in out
+    assert "✓ job comments in sacct" in out
+
+
+def test_check_warns_when_sacct_keeps_no_comments(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "bin" / "scontrol").write_text(
+        "#!/bin/sh\nprintf 'ClusterName = c\\nSLURM_VERSION = 22.05.8\\nAccountingStoreFlags = (null)\\n'\n"
+    )
+    main(["db", "upgrade"])
+    capsys.readouterr()
+    assert main(["check"]) == 0
+    assert (
+        "! job comments in sacct: AccountingStoreFlags lacks job_comment" in capsys.readouterr().out
+    )
 
 
 def test_check_fails_when_slurm_is_down(

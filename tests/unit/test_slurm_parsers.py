@@ -596,3 +596,11 @@ def test_sacct_placeholder_record_parses() -> None:
     assert (job.job_id, job.name, job.state) == ("104", "allocation", JobState.PENDING)
     assert (job.partition, job.num_cpus, job.mem_mb, job.comment) == (None, 0, None, None)
     assert job.exit_code is None, "not ended: the stand-in's 0:0 is no exit code"
+
+
+def test_parse_config_value_reads_accounting_store_flags() -> None:
+    from hpcsync.slurm.parsers import parse_config_value
+
+    text = (FIXTURES / "scontrol_show_config.txt").read_text()
+    assert parse_config_value(text, "AccountingStoreFlags") == "job_comment"
+    assert parse_config_value(text, "NoSuchKey") == ""
