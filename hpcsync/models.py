@@ -87,6 +87,7 @@ class Job:
     job_id: str
     """As Slurm prints it: `1234`, or `1234_7` for an array task."""
     job_id_raw: int
+    """Pending array tasks share the array's raw id; identity is (cluster, job_id, submit time)."""
     state: JobState
     name: str = ""
     array_job_id: int | None = None

@@ -24,13 +24,23 @@ class Scheduler(Protocol):
         ...
 
     def list_jobs(self) -> list[Job]:
-        """Return every job the controller holds, one array task per record, in one call."""
+        """Return every job the controller holds, one array task per record, in one call.
+
+        `exit_code` may be None here (squeue has none); accounting gives it.
+        """
         ...
 
     def job_history(self, job_ids: Sequence[str]) -> list[Job]:
-        """Return the accounting records (final state, exit code) of these jobs, in one call."""
+        """Return the accounting records (final state, exit code) of these jobs, in one call.
+
+        A plain id also selects every task of that array; `A_T` finds a task even while it is
+        still inside the pending array record.
+        """
         ...
 
     def jobs_between(self, start: datetime, end: datetime) -> list[Job]:
-        """Return the accounting records of jobs that were eligible, ran or ended in [start, end]."""
+        """Return the accounting records of jobs that were eligible, ran or ended in [start, end].
+
+        The pyslurm backend leaves out jobs that never became eligible (held, then cancelled).
+        """
         ...
