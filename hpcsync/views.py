@@ -13,7 +13,8 @@ from typing import Any
 from hpcsync import daemon
 from hpcsync.config import Settings
 from hpcsync.db import schema
-from hpcsync.db.repository import Repository, RunFilter, masked_url
+from hpcsync.db.queries import RunFilter
+from hpcsync.db.repository import Repository, masked_url
 from hpcsync.errors import HpcsyncError
 
 _COLOURS = {

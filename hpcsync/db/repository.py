@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -16,7 +15,6 @@ from sqlalchemy import (
     RowMapping,
     create_engine,
     event,
-    func,
     insert,
     select,
     update,
@@ -27,7 +25,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 from hpcsync.db import schema
-from hpcsync.db.tables import daemon_state, experiments, metrics, run_events, runs
+from hpcsync.db.queries import RunQueries, run_select
+from hpcsync.db.tables import daemon_state, experiments, run_events, runs
 from hpcsync.errors import ConfigError, StorageError
 from hpcsync.models import Job, JobState, Run, RunEvent, RunStatus
 
@@ -73,17 +72,6 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None
     cursor.close()
 
 
-@dataclass(frozen=True, slots=True)
-class RunFilter:
-    """Which runs `list_runs` returns."""
-
-    experiment: str | None = None
-    status: str | None = None
-    user: str | None = None
-    cluster: str | None = None
-    limit: int = 100
-
-
 # Columns of `runs` that mirror Job fields one to one.
 _JOB_COLUMNS = {
     "slurm_job_id": "job_id",
@@ -119,7 +107,7 @@ _JOB_COLUMNS = {
 _KEEP_WHEN_MISSING = ("max_rss_mb", "cpu_efficiency", "elapsed_seconds", "total_cpu_seconds")
 
 
-class Repository:
+class Repository(RunQueries):
     """Reads and writes runs, experiments, events and daemon state; raises StorageError."""
 
     def __init__(self, engine: Engine) -> None:
@@ -161,7 +149,7 @@ class Repository:
 
     def live_runs(self, cluster: str) -> list[Run]:
         """Return the runs of `cluster` that are not final yet (pending, running, or awaiting sacct)."""
-        query = _run_select().where(runs.c.cluster == cluster, runs.c.final.is_(False))
+        query = run_select().where(runs.c.cluster == cluster, runs.c.final.is_(False))
         with self.atomic() as connection:
             return [_run_from_row(row) for row in connection.execute(query).mappings()]
 
@@ -172,7 +160,7 @@ class Repository:
         found: list[Run] = []
         with self.atomic() as connection:
             for chunk in _chunks(sorted(set(job_ids)), 500):
-                query = _run_select().where(
+                query = run_select().where(
                     runs.c.cluster == cluster, runs.c.slurm_job_id.in_(chunk)
                 )
                 found.extend(_run_from_row(row) for row in connection.execute(query).mappings())
@@ -254,74 +242,6 @@ class Repository:
         self._experiment_ids[name] = int(found)
         return int(found)
 
-    # -- views ------------------------------------------------------------------------------
-
-    def list_runs(self, where: RunFilter) -> list[dict[str, Any]]:
-        """Return runs as dicts (with `experiment`), newest submission first."""
-        query = _view_select()
-        if where.experiment:
-            query = query.where(experiments.c.name == where.experiment)
-        if where.status:
-            query = query.where(runs.c.status == where.status)
-        if where.user:
-            query = query.where(runs.c.user_name == where.user)
-        if where.cluster:
-            query = query.where(runs.c.cluster == where.cluster)
-        query = query.order_by(runs.c.submitted_at.desc(), runs.c.id.desc()).limit(where.limit)
-        with self.atomic() as connection:
-            return [_view_row(row) for row in connection.execute(query).mappings()]
-
-    def find_run(self, job_id: str, cluster: str | None = None) -> dict[str, Any] | None:
-        """Return the newest run with this Slurm job id (or raw id), with its events; or None."""
-        query = _view_select()
-        if cluster:
-            query = query.where(runs.c.cluster == cluster)
-        matches = runs.c.slurm_job_id == job_id
-        if job_id.isdigit():
-            matches = matches | (runs.c.slurm_job_id_raw == int(job_id))
-        query = query.where(matches).order_by(runs.c.submitted_at.desc()).limit(1)
-        with self.atomic() as connection:
-            row = connection.execute(query).mappings().first()
-            if row is None:
-                return None
-            found = _view_row(row)
-            events = connection.execute(
-                select(
-                    run_events.c.at,
-                    run_events.c.from_state,
-                    run_events.c.to_state,
-                    run_events.c.reason,
-                )
-                .where(run_events.c.run_id == found["id"])
-                .order_by(run_events.c.at, run_events.c.id)
-            ).mappings()
-            found["events"] = [dict(event_row) for event_row in events]
-            found["metrics"] = _latest_metrics(connection, found["id"])
-        return found
-
-    def events_for(self, run_id: int) -> list[RunEvent]:
-        """Return a run's events in order."""
-        query = (
-            select(run_events)
-            .where(run_events.c.run_id == run_id)
-            .order_by(run_events.c.at, run_events.c.id)
-        )
-        with self.atomic() as connection:
-            return [
-                RunEvent(
-                    at=row.at, from_state=row.from_state, to_state=row.to_state, reason=row.reason
-                )
-                for row in connection.execute(query)
-            ]
-
-    def count_runs(self, cluster: str | None = None) -> int:
-        """Return how many runs are stored."""
-        query = select(func.count()).select_from(runs)
-        if cluster:
-            query = query.where(runs.c.cluster == cluster)
-        with self.atomic() as connection:
-            return int(connection.execute(query).scalar_one())
-
     # -- daemon state -----------------------------------------------------------------------
 
     def get_state(self, cluster: str, key: str) -> str | None:
@@ -342,41 +262,6 @@ class Repository:
         )
         with self.atomic() as connection:
             connection.execute(statement)
-
-
-def _latest_metrics(connection: Connection, run_id: int) -> dict[str, dict[str, Any]]:
-    last = (
-        select(metrics.c.name, func.max(metrics.c.step).label("step"))
-        .where(metrics.c.run_id == run_id)
-        .group_by(metrics.c.name)
-        .subquery()
-    )
-    query = (
-        select(metrics.c.name, metrics.c.step, metrics.c.value, metrics.c.timestamp)
-        .join(last, (last.c.name == metrics.c.name) & (last.c.step == metrics.c.step))
-        .where(metrics.c.run_id == run_id)
-        .order_by(metrics.c.name)
-    )
-    return {
-        row.name: {"step": row.step, "value": row.value, "timestamp": row.timestamp}
-        for row in connection.execute(query)
-    }
-
-
-def _run_select() -> Any:
-    return select(runs, experiments.c.name.label("experiment")).join(
-        experiments, experiments.c.id == runs.c.experiment_id
-    )
-
-
-def _view_select() -> Any:
-    return _run_select()
-
-
-def _view_row(row: RowMapping) -> dict[str, Any]:
-    found = dict(row)
-    found["tags"] = json.loads(found["tags"] or "{}")
-    return found
 
 
 def _run_values(run: Run, final: bool, now: datetime) -> dict[str, Any]:

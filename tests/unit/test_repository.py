@@ -8,7 +8,8 @@ import pytest
 from sqlalchemy import inspect
 
 from hpcsync.db import schema
-from hpcsync.db.repository import Repository, RunFilter, create_db_engine, masked_url
+from hpcsync.db.queries import RunFilter
+from hpcsync.db.repository import Repository, create_db_engine, masked_url
 from hpcsync.errors import ConfigError, StorageError
 from hpcsync.models import Job, JobState, Run, RunEvent, RunStatus
 
