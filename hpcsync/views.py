@@ -6,14 +6,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from hpcsync import daemon
 from hpcsync.config import Settings
 from hpcsync.db import schema
-from hpcsync.db.queries import RunFilter
+from hpcsync.db.queries import RunFilter, main_curve_name
 from hpcsync.db.repository import Repository, masked_url
 from hpcsync.errors import HpcsyncError
 
@@ -25,6 +25,7 @@ _COLOURS = {
     "cancelled": "\033[35m",
 }
 _RESET = "\033[0m"
+_BARS = "▁▂▃▄▅▆▇█"
 
 
 def print_json(data: Any) -> None:
@@ -55,15 +56,18 @@ def list_runs(settings: Settings, args: argparse.Namespace) -> int:
                 limit=args.limit,
             )
         )
+        losses = repository.latest_losses([row["id"] for row in rows])
     finally:
         repository.dispose()
+    for row in rows:
+        name, value = losses.get(row["id"], (None, None))
+        row["loss"] = None if name is None else {"name": name, "value": value}
     if args.json:
         print_json(rows)
         return 0
     colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    table = [
-        ["JOBID", "EXPERIMENT", "RUN", "STATUS", "SLURM", "EXIT", "ELAPSED", "CPUS", "MEM", "GPUS"]
-    ]
+    header = "JOBID EXPERIMENT RUN STATUS SLURM EXIT ELAPSED CPUS MEM GPUS GPU% LOSS"
+    table = [header.split()]
     for row in rows:
         table.append(
             [
@@ -77,6 +81,8 @@ def list_runs(settings: Settings, args: argparse.Namespace) -> int:
                 _text(row["num_cpus"]),
                 f"{row['mem_mb']}M" if row["mem_mb"] else "-",
                 _gpus(row),
+                "-" if row["gpu_util_mean"] is None else f"{row['gpu_util_mean']:.0f}",
+                f"{row['loss']['value']:.4g}" if row["loss"] else "-",
             ]
         )
     widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
@@ -93,8 +99,12 @@ def list_runs(settings: Settings, args: argparse.Namespace) -> int:
 def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
     """Print one run with its events; return 1 when there is none."""
     repository = _open(settings)
+    curve: tuple[str, list[tuple[int, float]]] | None = None
     try:
         row = repository.find_run(job_id, settings.cluster_name or None)
+        if row is not None and row["metrics"]:
+            name = main_curve_name(list(row["metrics"])) or next(iter(row["metrics"]))
+            curve = (name, repository.metric_series(row["id"], name))
     finally:
         repository.dispose()
     if row is None:
@@ -120,7 +130,30 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
         name_width = max(len(name) for name in latest)
         for name, point in latest.items():
             print(f"  {name.ljust(name_width)}  {point['value']:.6g}  (step {point['step']})")
+    if curve is not None and curve[1]:
+        name, points = curve
+        values = [value for _, value in points]
+        print(
+            f"{name}: {sparkline(values)}  "
+            f"{values[0]:.4g} -> {values[-1]:.4g} over steps {points[0][0]}..{points[-1][0]}"
+        )
     return 0
+
+
+def sparkline(values: Sequence[float], width: int = 40) -> str:
+    """Return a one-line bar chart of `values`, averaged down to at most `width` characters."""
+    if not values:
+        return ""
+    buckets = min(width, len(values))
+    means = []
+    for number in range(buckets):
+        part = values[number * len(values) // buckets : (number + 1) * len(values) // buckets]
+        means.append(sum(part) / len(part))
+    low, high = min(means), max(means)
+    if high == low:
+        return _BARS[3] * buckets
+    scale = (len(_BARS) - 1) / (high - low)
+    return "".join(_BARS[round((mean - low) * scale)] for mean in means)
 
 
 def check(settings: Settings) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -98,6 +99,43 @@ class RunQueries:
                 for row in connection.execute(query)
             ]
 
+    def latest_losses(self, run_ids: Sequence[int]) -> dict[int, tuple[str, float]]:
+        """Return each run's main loss curve name and its value at the latest step."""
+        if not run_ids:
+            return {}
+        last = (
+            select(metrics.c.run_id, metrics.c.name, func.max(metrics.c.step).label("step"))
+            .where(metrics.c.run_id.in_(run_ids), metrics.c.name.like("%loss%"))
+            .group_by(metrics.c.run_id, metrics.c.name)
+            .subquery()
+        )
+        query = select(metrics.c.run_id, metrics.c.name, metrics.c.value).join(
+            last,
+            (last.c.run_id == metrics.c.run_id)
+            & (last.c.name == metrics.c.name)
+            & (last.c.step == metrics.c.step),
+        )
+        values: dict[int, dict[str, float]] = {}
+        with self.atomic() as connection:
+            for row in connection.execute(query):
+                values.setdefault(row.run_id, {})[row.name] = row.value
+        chosen: dict[int, tuple[str, float]] = {}
+        for run_id, by_name in values.items():
+            name = main_curve_name(list(by_name))
+            if name is not None:
+                chosen[run_id] = (name, by_name[name])
+        return chosen
+
+    def metric_series(self, run_id: int, name: str) -> list[tuple[int, float]]:
+        """Return one metric's (step, value) points in step order."""
+        query = (
+            select(metrics.c.step, metrics.c.value)
+            .where(metrics.c.run_id == run_id, metrics.c.name == name)
+            .order_by(metrics.c.step)
+        )
+        with self.atomic() as connection:
+            return [(int(row.step), float(row.value)) for row in connection.execute(query)]
+
     def count_runs(self, cluster: str | None = None) -> int:
         """Return how many runs are stored."""
         query = select(func.count()).select_from(runs)
@@ -105,6 +143,14 @@ class RunQueries:
             query = query.where(runs.c.cluster == cluster)
         with self.atomic() as connection:
             return int(connection.execute(query).scalar_one())
+
+
+def main_curve_name(names: Sequence[str]) -> str | None:
+    """Return the metric a view shows first: `loss`, else the shortest name with `loss`, else None."""
+    if "loss" in names:
+        return "loss"
+    losses = sorted((name for name in names if "loss" in name.lower()), key=lambda n: (len(n), n))
+    return losses[0] if losses else None
 
 
 def _latest_metrics(connection: Connection, run_id: int) -> dict[str, dict[str, Any]]:
