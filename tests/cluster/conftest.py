@@ -142,6 +142,23 @@ class SlurmCluster:
                 raise AssertionError(f"sacct has no record of job {job_id}: {result.stderr}")
             time.sleep(POLL_INTERVAL)
 
+    def requeue(self, job_id: str, timeout: float = 30.0) -> None:
+        """Requeue a running job and return once Slurm holds it back (PENDING, BeginTime)."""
+        self.run("scontrol", "requeue", job_id, check=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.run("squeue", "-h", "-j", job_id, "-O", "State:|,Reason:|").stdout
+            if out.strip() == "PENDING|BeginTime|":
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"job {job_id} never showed PENDING/BeginTime after requeue")
+
+    def release(self, job_id: str) -> None:
+        """Make a requeued job eligible now instead of after Slurm's ~2 min delay."""
+        # slurmd refuses a launch in the same second as the kill ("already killed").
+        time.sleep(2.5)
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=True)
+
     def workdir(self, name: str) -> Path:
         """Return a fresh, empty directory under the testbed that jobs can write to."""
         self.jobs_dir.mkdir(parents=True, exist_ok=True)

@@ -132,7 +132,10 @@ def scenario(
                 cluster.scancel(result.jobs["cancel"])
                 cancelled = True
             if not requeued and _seen_running(trackers, result.jobs["requeue"]):
-                cluster.run("scontrol", "requeue", result.jobs["requeue"], check=True)
+                cluster.requeue(result.jobs["requeue"])
+                for tracker in trackers:
+                    tracker.cycle()  # each sees the held, requeued job before it is released
+                cluster.release(result.jobs["requeue"])
                 requeued = True
             purge_state = _state(cluster, result.jobs["purged"])
             if not purge_seen_running and purge_state == "RUNNING":

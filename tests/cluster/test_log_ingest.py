@@ -167,27 +167,13 @@ def _follow_job(cluster: Any, pairs: dict[str, Pair], result: Outcome) -> None:
             _settle(pairs)
             for name, pair in pairs.items():
                 result.first_attempt[name] = _metrics(pair.repository, job_id)
-            _requeue_now(cluster, job_id)
+            cluster.requeue(job_id)
+            cluster.release(job_id)
             requeued = True
         if requeued and not any(pair.tracker.live_runs for pair in pairs.values()):
             return
         time.sleep(POLL)
     pytest.fail(f"job {job_id} not finished and final after {DEADLINE:.0f} s ({state})")
-
-
-def _requeue_now(cluster: Any, job_id: str) -> None:
-    """Requeue the job, then make it eligible at once instead of after Slurm's delay."""
-    cluster.run("scontrol", "requeue", job_id, check=True)
-    # The delay (Reason=BeginTime) is set once the old attempt has finished completing. slurmd
-    # refuses a launch in the same second as the kill ("already killed"), so wait a little.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        out = cluster.run("squeue", "-h", "-j", job_id, "-O", "State:|,Reason:|").stdout
-        if out.strip() == "PENDING|BeginTime|":
-            time.sleep(2.5)
-            cluster.run("scontrol", "update", f"JobId={job_id}", "StartTime=now", check=True)
-            return
-        time.sleep(0.2)
 
 
 def _second_sync(cluster: Any, work: Path, pair: Pair, job_id: str) -> IngestStats:
