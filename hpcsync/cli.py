@@ -8,10 +8,14 @@ import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from hpcsync import __version__
 from hpcsync.config import Settings, find_config, load_settings
 from hpcsync.errors import ConfigError, HpcsyncError
+
+if TYPE_CHECKING:
+    from hpcsync.sync import CycleStats
 
 log = logging.getLogger("hpcsync")
 
@@ -151,6 +155,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _backfill_progress(done: int, total: int, stats: CycleStats) -> None:
+    if total > 1 and sys.stderr.isatty():
+        end = "\n" if done == total else ""
+        print(
+            f"\rbackfill: {done}/{total} days, {stats.history} jobs, {stats.new} new runs",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def _error(message: str) -> None:
     # Under systemd the final error carries the err priority, like the daemon's own lines.
     prefix = "<3>" if os.environ.get("JOURNAL_STREAM") else ""
@@ -174,7 +189,9 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "check":
         return views.check(settings)
     if args.command == "backfill":
-        stats = daemon.backfill(settings, args.since, args.until or datetime.now(UTC))
+        stats = daemon.backfill(
+            settings, args.since, args.until or datetime.now(UTC), progress=_backfill_progress
+        )
         print(
             f"backfill: {stats.history} jobs in sacct, {stats.new} new runs, {stats.changed} changed"
         )

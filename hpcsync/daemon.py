@@ -99,13 +99,46 @@ def sync_once(
         repository.dispose()
 
 
-def backfill(settings: Settings, since: datetime, until: datetime) -> CycleStats:
-    """Import every tracked job that sacct knows in [since, until]; idempotent with the daemon."""
+BACKFILL_CHUNK = timedelta(days=1)
+
+
+def backfill(
+    settings: Settings,
+    since: datetime,
+    until: datetime,
+    progress: Callable[[int, int, CycleStats], None] | None = None,
+) -> CycleStats:
+    """Import every tracked job that sacct knows in [since, until], a day per sacct call.
+
+    Idempotent with the daemon. `progress(done, total, so_far)` is called after each chunk.
+    """
     repository = open_repository(settings)
+    ingester = build_ingester(settings, repository)
     try:
-        return build_tracker(settings, repository).import_window(since, until)
+        tracker = build_tracker(settings, repository)
+        chunks = _chunks(since, until, BACKFILL_CHUNK)
+        total = CycleStats()
+        for number, (start, end) in enumerate(chunks, 1):
+            stats = tracker.import_window(start, end)
+            for name in ("jobs", "tracked", "changed", "new", "events", "history"):
+                setattr(total, name, getattr(total, name) + getattr(stats, name))
+            total.changes.extend(stats.changes)
+            if progress is not None:
+                progress(number, len(chunks), total)
+        # Runs that ended get their logs read once, as the daemon would have.
+        follow_logs(ingester, tracker, total)
+        return total
     finally:
+        ingester.close()
         repository.dispose()
+
+
+def _chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[datetime, datetime]]:
+    windows = []
+    while start < end:
+        windows.append((start, min(start + size, end)))
+        start += size
+    return windows or [(start, end)]
 
 
 def _first_start(settings: Settings) -> datetime | None:
