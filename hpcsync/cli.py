@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING
 from hpcsync import __version__
 from hpcsync.config import Settings, find_config, load_settings
 from hpcsync.errors import ConfigError, HpcsyncError
+from hpcsync.manifest import add_manifest_arguments, manifest_command
 
 if TYPE_CHECKING:
     from hpcsync.sync import CycleStats
@@ -27,23 +29,36 @@ _PRIORITY = {
     logging.INFO: 6,
     logging.DEBUG: 7,
 }
+# `scheme://user:password@`: whatever prints a URL (a driver's error, a library's log line), the
+# password never reaches the journal.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]+@")
 
 
-class _JournalFormatter(logging.Formatter):
+class _Formatter(logging.Formatter):
+    """Masks URL passwords; under journald prefixes every line with the record's priority."""
+
+    def __init__(self, fmt: str, datefmt: str | None = None, *, journal: bool = False) -> None:
+        super().__init__(fmt, datefmt)
+        self.journal = journal
+
     def format(self, record: logging.LogRecord) -> str:
-        return f"<{_PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+        """Return the record as text: one line per event, a traceback's lines carry its priority."""
+        text = _URL_PASSWORD.sub(r"\g<head>***@", super().format(record))
+        if not self.journal:
+            return text
+        prefix = f"<{_PRIORITY.get(record.levelno, 6)}>"
+        return "\n".join(prefix + line for line in text.splitlines() or [""])
 
 
 def setup_logging(level: str) -> None:
-    """Log to stderr: sd-daemon prefixes under systemd, timestamps elsewhere."""
+    """Log to stderr: sd-daemon prefixes and no timestamps under journald, timestamps elsewhere."""
     handler = logging.StreamHandler(sys.stderr)
     if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
+        # journald stamps each line itself; the logger name says which part of hpcsync spoke.
+        handler.setFormatter(_Formatter("%(name)s: %(message)s", journal=True))
     else:
         handler.setFormatter(
-            logging.Formatter(
-                "%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"
-            )
+            _Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
         )
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -130,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("--interval", type=float, help="seconds per written sample (default 30)")
     sample.add_argument("--output", help="output path; %%j job id and %%N node are expanded")
+    manifest = commands.add_parser(
+        "manifest",
+        parents=[common],
+        help="write this job's run manifest: params, git SHA, seed (run inside a job)",
+    )
+    add_manifest_arguments(manifest)
     return parser
 
 
@@ -140,6 +161,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "sample":
         setup_logging(args.log_level or "INFO")
         return _sample(args)
+    if args.command == "manifest":
+        setup_logging(args.log_level or "INFO")
+        return manifest_command(args)
     try:
         settings = load_settings(find_config(args.config))
     except ConfigError as exc:
@@ -176,7 +200,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from hpcsync import daemon, views
 
     if args.command == "run":
-        return daemon.Daemon(settings).run()
+        return daemon.Daemon(settings, config=args.config, fixed_log_level=args.log_level).run()
     if args.command == "sync":
         stats, ingested = daemon.sync_once(settings)
         log.info("%s; %s", stats.summary(), ingested.summary())

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
-import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,16 +15,29 @@ from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from hpcsync.config import Settings
+from hpcsync.config import Settings, find_config, load_settings
 from hpcsync.db.repository import Repository, masked_url
 from hpcsync.errors import HpcsyncError, SchedulerUnavailable, StorageError
 from hpcsync.ingest import IngestStats, LogIngester, ended_runs
 from hpcsync.slurm import make_scheduler
 from hpcsync.slurm.base import Scheduler
 from hpcsync.sync import CycleStats, JobTracker, utc_now
+from hpcsync.systemd import (
+    Watchdog,
+    differences,
+    notify,
+    reloading,
+    set_log_level,
+    stall_seconds,
+    status,
+    watchdog_period,
+)
 from hpcsync.usage_refresh import refresh_live_usage
 
 log = logging.getLogger(__name__)
+
+RESTART_KEYS = ("database", "state_dir", "cluster_name")
+"""Settings a reload does not change: the daemon keeps its database and cluster until restarted."""
 
 
 def open_repository(settings: Settings) -> Repository:
@@ -189,91 +201,120 @@ class Backoff:
         self._next_try = 0.0
 
 
-def notify(message: str) -> None:
-    """Send an sd_notify message when systemd asked for one (NOTIFY_SOCKET); else do nothing."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.connect(address)
-            sock.sendall(message.encode())
-    except OSError as exc:
-        log.debug("sd_notify %r failed: %s", message, exc)
-
-
 @dataclass
 class Daemon:
-    """`hpcsync run`: polls on a schedule until SIGTERM or SIGINT."""
+    """`hpcsync run`: polls on a schedule until SIGTERM or SIGINT; SIGHUP reloads the config."""
 
     settings: Settings
     scheduler: Scheduler | None = None
+    config: str | None = None
+    """The --config argument: SIGHUP reads `find_config(config)` again."""
+    fixed_log_level: str | None = None
+    """A --log-level given on the command line, which a reload does not override."""
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
-        self._last_cycle_end = time.monotonic()
+        self._wake = threading.Event()
+        self._reload_wanted = False
+        self._cycle_lock = threading.Lock()
         self._tracker: JobTracker | None = None
         self._repository: Repository | None = None
         self._ingester: LogIngester | None = None
+        self._jobs: BackgroundScheduler | None = None
         self._last_usage = float("-inf")
         interval = self.settings.slurm.poll_interval
         self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
+        self._watchdog = Watchdog(
+            watchdog_period(),
+            stall_seconds(self.settings.slurm.poll_interval, self.settings.slurm.command_timeout),
+        )
 
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Ask the loop to finish the current cycle and exit."""
         if signum is not None:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self._stop.set()
+        self._wake.set()
+
+    def request_reload(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Ask the main loop to re-read the config (the SIGHUP handler)."""
+        if signum is not None:
+            log.info("received %s, reloading the config", signal.Signals(signum).name)
+        self._reload_wanted = True
+        self._wake.set()
 
     def run(self) -> int:
         """Serve until stopped; return the exit code."""
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self.stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+        notify(status("starting: opening the database"))
         self._repository = open_repository(self.settings)
         self._ingester = build_ingester(self.settings, self._repository)
         log.info(
-            "hpcsync starting: database %s, poll every %.0f s",
+            "hpcsync starting: database %s, poll every %.0f s%s",
             masked_url(self.settings.database_url),
             self.settings.slurm.poll_interval,
+            f", watchdog {2 * self._watchdog.period:.0f} s" if self._watchdog.period else "",
         )
+        notify(status("starting: first poll"))
         self.poll()
-        scheduler = BackgroundScheduler(timezone="UTC")
-        scheduler.add_job(
-            self.poll,
-            "interval",
-            seconds=self.settings.slurm.poll_interval,
-            id="poll",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=None,
-        )
-        scheduler.add_job(
-            self.read_logs,
-            "interval",
-            seconds=self.settings.logs.poll_interval,
-            id="logs",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=None,
-        )
-        scheduler.start()
+        self._jobs = BackgroundScheduler(timezone="UTC")
+        for job_id, function, seconds in self._job_intervals():
+            self._jobs.add_job(
+                function,
+                "interval",
+                seconds=seconds,
+                id=job_id,
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=None,
+            )
+        self._jobs.start()
         notify("READY=1")
         try:
-            while not self._stop.wait(timeout=min(5.0, self.settings.slurm.poll_interval)):
-                self._watchdog()
+            self._serve()
         finally:
-            notify("STOPPING=1")
-            scheduler.shutdown(wait=True)
+            notify("STOPPING=1", status("stopping"))
+            self._jobs.shutdown(wait=True)
             self._ingester.close()
             self._repository.dispose()
             log.info("hpcsync stopped")
         return 0
 
+    def _serve(self) -> None:
+        # Signals only set flags: the reload and the watchdog run here, in the main thread.
+        while not self._stop.is_set():
+            self._wake.wait(timeout=self._loop_seconds())
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self._reload_wanted:
+                self._reload_wanted = False
+                self.reload()
+            self._watchdog.ping()
+
+    def _loop_seconds(self) -> float:
+        return min(5.0, self.settings.slurm.poll_interval, self._watchdog.period or 5.0)
+
+    def _job_intervals(self) -> list[tuple[str, Callable[[], None], float]]:
+        return [
+            ("poll", self.poll, self.settings.slurm.poll_interval),
+            ("logs", self.read_logs, self.settings.logs.poll_interval),
+        ]
+
     def poll(self) -> None:
         """One scheduled tick: a poll cycle unless backing off; never raises."""
-        if self._stop.is_set() or not self._backoff.ready():
+        if self._stop.is_set():
+            return
+        try:
+            with self._cycle_lock:
+                self._poll()
+        finally:
+            self._watchdog.tick()
+
+    def _poll(self) -> None:
+        if not self._backoff.ready():
             return
         try:
             if self._tracker is None:
@@ -290,6 +331,7 @@ class Daemon:
         except (SchedulerUnavailable, StorageError) as exc:
             what = "Slurm" if isinstance(exc, SchedulerUnavailable) else "database"
             self._backoff.failed(what, exc)
+            notify(status(f"{what} unavailable, retrying with backoff: {exc}"))
             if isinstance(exc, StorageError):
                 self._tracker = None  # reload live runs from the database once it is back
             return
@@ -297,9 +339,9 @@ class Daemon:
             log.exception("poll cycle failed unexpectedly; retrying next tick")
             return
         self._backoff.succeeded("polling")
-        self._last_cycle_end = time.monotonic()
         ingested = self._follow(stats)
         log.info("%s; %s", stats.summary(), ingested.summary() if ingested else "logs not read")
+        notify(status(f"polled {stats.jobs} jobs, {len(self._tracker.live_runs)} live runs"))
         self._refresh_usage()
 
     def _refresh_usage(self) -> None:
@@ -344,8 +386,81 @@ class Daemon:
         if stats.points:
             log.info("%s", stats.summary())
 
-    def _watchdog(self) -> None:
-        # Only a loop that finished a cycle recently tells systemd it is alive.
-        limit = max(3 * self.settings.slurm.poll_interval, self._backoff.ceiling + 60)
-        if time.monotonic() - self._last_cycle_end < limit:
-            notify("WATCHDOG=1")
+    def reload(self) -> bool:
+        """Re-read the config and apply it between cycles; on any problem keep the running one."""
+        notify(*reloading())
+        try:
+            path = find_config(self.config)
+            try:
+                new = load_settings(path)
+                scheduler = self._new_scheduler(new)
+                with self._between_cycles():
+                    assert self._ingester is not None
+                    self._ingester.reconfigure(
+                        roots=new.logs.roots,
+                        observer=new.logs.observer,
+                        max_line_bytes=new.logs.max_line_bytes,
+                        patterns=new.logs.patterns,
+                    )
+                    changes = self._apply(new, scheduler)
+            except HpcsyncError as exc:
+                log.error("reload failed, keeping the running config: %s", exc)
+                return False
+            log.info(
+                "config reloaded from %s: %s",
+                path or "defaults and environment",
+                "; ".join(changes) or "nothing changed",
+            )
+            return True
+        finally:
+            notify("READY=1")
+
+    @contextmanager
+    def _between_cycles(self) -> Iterator[None]:
+        # A long cycle may hold the lock: keep feeding the watchdog while waiting for it.
+        while not self._cycle_lock.acquire(timeout=self._loop_seconds()):
+            self._watchdog.ping()
+        try:
+            yield
+        finally:
+            self._cycle_lock.release()
+
+    def _new_scheduler(self, new: Settings) -> Scheduler | None:
+        """Return a Slurm backend for new settings when theirs differ; raises HpcsyncError."""
+        if self.scheduler is not None:
+            return None  # injected (tests): keep it
+        old = self.settings.slurm
+        if (new.slurm.backend, new.slurm.command_timeout) == (old.backend, old.command_timeout):
+            return None
+        return open_scheduler(new)
+
+    def _apply(self, new: Settings, scheduler: Scheduler | None) -> list[str]:
+        """Switch to new settings (the ingester is already reconfigured); return what changed."""
+        old = self.settings
+        changes = [
+            f"{key} {before!r} -> {after!r}"
+            for key, (before, after) in differences(old.model_dump(), new.model_dump()).items()
+            if key.split(".")[0] not in RESTART_KEYS
+        ]
+        kept = {
+            key: getattr(old, key) for key in RESTART_KEYS if getattr(new, key) != getattr(old, key)
+        }
+        for key in kept:
+            log.warning("reload: %s changed; restart hpcsync to apply it", key)
+        intervals = {job_id: seconds for job_id, _, seconds in self._job_intervals()}
+        self.settings = new = new.model_copy(update=kept)
+        if self.fixed_log_level is None:
+            set_log_level(new.log_level)
+        self._backoff.base = new.slurm.poll_interval
+        self._backoff.ceiling = new.slurm.max_backoff
+        self._watchdog.stall_seconds = stall_seconds(
+            new.slurm.poll_interval, new.slurm.command_timeout
+        )
+        if self._tracker is not None:
+            self._tracker.track_untagged = new.slurm.track_untagged
+            if scheduler is not None:
+                self._tracker.scheduler = scheduler
+        for job_id, _, seconds in self._job_intervals():
+            if self._jobs is not None and intervals[job_id] != seconds:
+                self._jobs.reschedule_job(job_id, trigger="interval", seconds=seconds)
+        return changes

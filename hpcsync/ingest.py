@@ -1,7 +1,8 @@
 """Training metrics and GPU samples from the files of live runs, into the database exactly once.
 
-Which files a run has is decided in ingest_files.py (StdOut, StdErr, GPU sample files beside
-them, files in log roots); sample lines and the GPU summary in ingest_gpu.py.
+Which files a run has is decided in ingest_files.py (StdOut, StdErr, GPU sample files and the
+run manifest beside them, files in log roots); sample lines and the GPU summary in
+ingest_gpu.py; run manifests (read whole, no byte cursor) in ingest_manifest.py.
 A path is registered once per run, by its real path (StdOut and StdErr are often one file).
 Roots are listed when a run is first tracked, every `root_scan_seconds` after, and at its end.
 Files are registered once the job has left PENDING (a pending job has written nothing).
@@ -44,12 +45,20 @@ from hpcsync.db.metric_store import (
 )
 from hpcsync.db.repository import Repository
 from hpcsync.errors import StorageError
-from hpcsync.ingest_files import run_files, written_since
+from hpcsync.ingest_files import (
+    FileKind,
+    kind_of,
+    manifest_files,
+    root_manifests,
+    run_files,
+    written_since,
+)
 from hpcsync.ingest_gpu import PendingSummaries, sample_rows
+from hpcsync.ingest_manifest import read_manifest
 from hpcsync.logs.lines import clean
 from hpcsync.logs.parsers import MetricParser, ParsedValue, StreamState
 from hpcsync.logs.tailer import DEFAULT_MAX_LINE_BYTES, Cursor, TailRead, read_lines
-from hpcsync.logs.watcher import Kind, ObserverKind, Watcher, files_in_root, kind_of
+from hpcsync.logs.watcher import ObserverKind, Watcher, files_in_root
 from hpcsync.models import JobState, Run
 
 log = logging.getLogger(__name__)
@@ -95,7 +104,7 @@ class _File:
     run_id: int
     job_id: str
     path: str
-    kind: Kind
+    kind: FileKind
     cursor: CursorRow
 
 
@@ -134,7 +143,7 @@ class LogIngester:
         self._lock = threading.RLock()
 
     @property
-    def files(self) -> list[tuple[int, str, Kind]]:
+    def files(self) -> list[tuple[int, str, FileKind]]:
         """Return the registered files as (run id, path, kind)."""
         return [(f.run_id, f.path, f.kind) for f in self._files.values()]
 
@@ -214,6 +223,34 @@ class LogIngester:
         """Stop watching."""
         self.watcher.close()
 
+    def reconfigure(
+        self,
+        *,
+        roots: Sequence[str],
+        observer: ObserverKind,
+        max_line_bytes: int,
+        patterns: Sequence[str],
+    ) -> None:
+        """Swap roots, observer, line limit and patterns; files and cursors stay; raises ConfigError."""
+        parser = MetricParser(patterns)  # raises before anything changes
+        with self._lock:
+            self.roots = [os.path.abspath(root) for root in roots]
+            self.max_line_bytes = max_line_bytes
+            self.parser = parser
+            self._last_root_scan = None  # list the new roots at the next pass
+            if observer == self.watcher.observer:
+                return
+            old = self.watcher
+            self.watcher = Watcher(
+                observer,
+                rescan_seconds=old.rescan_seconds,
+                monotonic=old.monotonic,
+                on_change=old.on_change,
+            )
+            for path in self._by_path:
+                self.watcher.add(path)  # counts as changed: read again from its cursor
+            old.close()
+
     # -- registry ---------------------------------------------------------------------------
 
     def _register(self, runs: Sequence[Run]) -> None:
@@ -234,13 +271,13 @@ class LogIngester:
         named = (job.stdout_path, job.stderr_path, job.work_dir, job.node_list, job.num_gpus)
         if self._named.get(run.id) != named:
             self._named[run.id] = named
-            self._add_files(run, run_files(run))
+            self._add_files(run, [*run_files(run), *manifest_files(run)])
 
-    def _add_files(self, run: Run, paths: Iterable[tuple[str, Kind]]) -> None:
+    def _add_files(self, run: Run, paths: Iterable[tuple[str, FileKind]]) -> None:
         for path, kind in paths:
             self._add(run, os.path.realpath(path), kind, None)
 
-    def _add(self, run: Run, path: str, kind: Kind, cursor: CursorRow | None) -> None:
+    def _add(self, run: Run, path: str, kind: FileKind, cursor: CursorRow | None) -> None:
         assert run.id is not None
         key = (run.id, path)
         if key in self._files:
@@ -272,6 +309,8 @@ class LogIngester:
                 run = by_id[job_id]
                 if written_since(mtime, run):
                     self._add_files(run, [(path, kind)])
+        for run, path in root_manifests(self.roots, runs):
+            self._add_files(run, [(path, "manifest")])
 
     def _summarise(self) -> None:
         """Write the GPU summary of ended runs whose sample files were all read; else wait."""
@@ -311,6 +350,12 @@ class LogIngester:
 
     def _read(self, file: _File, stats: IngestStats, *, final: bool) -> int:
         """Read one file to its end, committing points and cursor per chunk; return commits."""
+        if file.kind == "manifest":
+            file.cursor, written = read_manifest(
+                self.repository, file.cursor, self._runs[file.run_id]
+            )
+            stats.files += written is not None
+            return int(written is not None)
         commits = 0
         first = True
         while True:

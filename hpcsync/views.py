@@ -115,6 +115,7 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
         return 0
     events = row.pop("events")
     latest = row.pop("metrics")
+    params = row.pop("params")
     width = max(len(key) for key in row)
     for key, value in row.items():
         shown = value.isoformat() if isinstance(value, datetime) else value
@@ -125,6 +126,11 @@ def show_run(settings: Settings, job_id: str, *, as_json: bool) -> int:
         print(
             f"  {event['at'].isoformat()}  {event['from_state'] or 'new'} -> {event['to_state']}{reason}"
         )
+    if params:
+        print("params:")
+        key_width = max(len(key) for key in params)
+        for key, value in sorted(params.items()):
+            print(f"  {key.ljust(key_width)}  {value}")
     if latest:
         print("latest metrics:")
         name_width = max(len(name) for name in latest)

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, func, select
 
+from hpcsync.db.params_store import load_params
 from hpcsync.db.tables import experiments, metrics, run_events, runs
 from hpcsync.models import RunEvent
 
@@ -82,6 +83,7 @@ class RunQueries:
             ).mappings()
             found["events"] = [dict(event_row) for event_row in events]
             found["metrics"] = _latest_metrics(connection, found["id"])
+            found["params"] = load_params(connection, found["id"])
         return found
 
     def events_for(self, run_id: int) -> list[RunEvent]:

@@ -184,3 +184,15 @@ run_gpus = Table(
 """The physical GPUs a run had, from the header lines of its sample files: one row per
 (run, node, UUID). `i` is the GPU's index within the job (the `{i}` of `system/gpu_{i}_*`),
 `minor` its `/dev/nvidiaN`; `seen_at` is when the sampler last wrote the header."""
+
+run_params = Table(
+    "run_params",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("run_id", Integer, ForeignKey("runs.id", ondelete="CASCADE"), nullable=False),
+    Column("key", String(255), nullable=False),
+    Column("value", Text, nullable=False),
+    UniqueConstraint("run_id", "key"),
+)
+"""A run's parameters as text, from the run manifest its sbatch template wrote: the
+hyperparameters, `git_sha` (the commit of the training code), `git_dirty` and `seed`."""
