@@ -85,7 +85,7 @@ def _submit_all(cluster: Any, work: Path) -> dict[str, str]:
     submit("timeout", "--job-name=timeout", "--time=1", tag.format("timeout"), script="sleep 300")
     submit("requeue", "--job-name=requeue", "--requeue", tag.format("requeue"), script="sleep 15")
     submit("untagged", "--job-name=untagged", script="sleep 1")
-    submit("purged", "--job-name=purged", tag.format("purged"), script="sleep 4; exit 7")
+    submit("purged", "--job-name=purged", tag.format("purged"), script="sleep 12; exit 7")
     return jobs
 
 
@@ -141,6 +141,10 @@ def scenario(
             if not purge_seen_running and purge_state == "RUNNING":
                 for tracker in purge_trackers:
                     tracker.cycle()
+                # The job runs 12 s, so each purge tracker saw it running.
+                assert all(
+                    _seen_running([tracker], result.jobs["purged"]) for tracker in purge_trackers
+                )
                 purge_seen_running = True
             elif purge_seen_running and not purge_done and purge_state == "":
                 for tracker in purge_trackers:
