@@ -9,19 +9,30 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from pathlib import Path
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from hpcsync.backoff import Backoff
 from hpcsync.config import Settings, find_config, load_settings
 from hpcsync.db.repository import Repository, masked_url
 from hpcsync.errors import HpcsyncError, SchedulerUnavailable, StorageError
-from hpcsync.ingest import IngestStats, LogIngester, ended_runs
-from hpcsync.slurm import make_scheduler
+from hpcsync.ingest import IngestStats, LogIngester
+from hpcsync.leader import FileLock, Leadership
+from hpcsync.oneshot import (
+    backfill,
+    build_ingester,
+    build_tracker,
+    cluster_name,
+    first_start,
+    follow_logs,
+    leadership_for,
+    open_repository,
+    open_scheduler,
+    sync_once,
+)
 from hpcsync.slurm.base import Scheduler
-from hpcsync.sync import CycleStats, JobTracker, utc_now
+from hpcsync.sync import CycleStats, JobTracker
 from hpcsync.systemd import (
     Watchdog,
     differences,
@@ -36,174 +47,28 @@ from hpcsync.usage_refresh import refresh_live_usage
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "Daemon",
+    "backfill",
+    "cluster_name",
+    "open_repository",
+    "open_scheduler",
+    "sync_once",
+]
+"""The builders and one-shot commands live in hpcsync.oneshot; cli and views find them here."""
+
 RESTART_KEYS = ("database", "state_dir", "cluster_name")
 """Settings a reload does not change: the daemon keeps its database and cluster until restarted."""
 
 
-def open_repository(settings: Settings) -> Repository:
-    """Return a repository on the configured database, its schema created or migrated."""
-    url = settings.database_url
-    if not settings.database.url:
-        Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-    repository = Repository.from_url(url, settings.database.connect_timeout)
-    if repository.ensure_schema():
-        log.info("database %s: schema created or migrated", masked_url(url))
-    return repository
-
-
-def open_scheduler(settings: Settings) -> Scheduler:
-    """Return the configured Slurm backend."""
-    return make_scheduler(settings.slurm.backend, timeout=settings.slurm.command_timeout)
-
-
-def cluster_name(settings: Settings, scheduler: Scheduler) -> str:
-    """Return the configured cluster name, else Slurm's ClusterName."""
-    return settings.cluster_name or scheduler.cluster_name()
-
-
-def build_tracker(
-    settings: Settings, repository: Repository, scheduler: Scheduler | None = None
-) -> JobTracker:
-    """Return a job tracker for the configured cluster."""
-    scheduler = scheduler or open_scheduler(settings)
-    return JobTracker(
-        scheduler,
-        repository,
-        cluster_name(settings, scheduler),
-        track_untagged=settings.slurm.track_untagged,
-    )
-
-
-def build_ingester(settings: Settings, repository: Repository) -> LogIngester:
-    """Return a log ingester for the configured roots and observer; raises ConfigError."""
-    return LogIngester(
-        repository,
-        roots=settings.logs.roots,
-        observer=settings.logs.observer,
-        max_line_bytes=settings.logs.max_line_bytes,
-        patterns=settings.logs.patterns,
-    )
-
-
-def follow_logs(ingester: LogIngester, tracker: JobTracker, *cycles: CycleStats) -> IngestStats:
-    """Read the logs of the tracker's live runs and, one last time, of runs these cycles ended."""
-    changed = [run for cycle in cycles for run, _ in cycle.changes]
-    return ingester.follow(tracker.live_runs, ended_runs(changed, tracker.live_runs))
-
-
-def sync_once(
-    settings: Settings, scheduler: Scheduler | None = None
-) -> tuple[CycleStats, IngestStats]:
-    """Run one full cycle: catch up on missed jobs, poll Slurm, read every log; return what changed."""
-    repository = open_repository(settings)
-    ingester = build_ingester(settings, repository)
-    try:
-        tracker = build_tracker(settings, repository, scheduler)
-        tracker.load()
-        stats = tracker.cycle()
-        caught = tracker.catch_up(_first_start(settings))
-        ingested = follow_logs(ingester, tracker, caught, stats)
-        stats.new += caught.new
-        stats.changed += caught.changed
-        return stats, ingested
-    finally:
-        ingester.close()
-        repository.dispose()
-
-
-BACKFILL_CHUNK = timedelta(days=1)
-
-
-def backfill(
-    settings: Settings,
-    since: datetime,
-    until: datetime,
-    progress: Callable[[int, int, CycleStats], None] | None = None,
-) -> CycleStats:
-    """Import every tracked job that sacct knows in [since, until], a day per sacct call.
-
-    Idempotent with the daemon. `progress(done, total, so_far)` is called after each chunk.
-    """
-    repository = open_repository(settings)
-    ingester = build_ingester(settings, repository)
-    try:
-        tracker = build_tracker(settings, repository)
-        chunks = _chunks(since, until, BACKFILL_CHUNK)
-        total = CycleStats()
-        for number, (start, end) in enumerate(chunks, 1):
-            stats = tracker.import_window(start, end)
-            for name in ("jobs", "tracked", "changed", "new", "events", "history"):
-                setattr(total, name, getattr(total, name) + getattr(stats, name))
-            total.changes.extend(stats.changes)
-            if progress is not None:
-                progress(number, len(chunks), total)
-        # Runs that ended get their logs read once, as the daemon would have.
-        follow_logs(ingester, tracker, total)
-        return total
-    finally:
-        ingester.close()
-        repository.dispose()
-
-
-def _chunks(start: datetime, end: datetime, size: timedelta) -> list[tuple[datetime, datetime]]:
-    windows = []
-    while start < end:
-        windows.append((start, min(start + size, end)))
-        start += size
-    return windows or [(start, end)]
-
-
-def _first_start(settings: Settings) -> datetime | None:
-    days = settings.slurm.catchup_days
-    return utc_now() - timedelta(days=days) if days > 0 else None
-
-
-class Backoff:
-    """Exponential backoff between failing attempts, logged once per outage."""
-
-    def __init__(
-        self, base: float, ceiling: float, monotonic: Callable[[], float] = time.monotonic
-    ):
-        self.base = base
-        self.ceiling = ceiling
-        self.monotonic = monotonic
-        self.failures = 0
-        self.failing_since: float | None = None
-        self._next_try = 0.0
-
-    def ready(self) -> bool:
-        """True when an attempt is due."""
-        return self.monotonic() >= self._next_try
-
-    def failed(self, what: str, error: HpcsyncError) -> None:
-        """Record a failure; the first of an outage logs one ERROR line."""
-        now = self.monotonic()
-        self.failures += 1
-        delay = min(self.ceiling, self.base * 2 ** (self.failures - 1))
-        self._next_try = now + delay
-        if self.failing_since is None:
-            self.failing_since = now
-            log.error("%s: %s; retrying with backoff up to %.0f s", what, error, self.ceiling)
-        else:
-            log.debug("%s still failing (%d tries): %s", what, self.failures, error)
-
-    def succeeded(self, what: str) -> None:
-        """Record a success; the end of an outage logs one line."""
-        if self.failing_since is not None:
-            log.warning(
-                "%s recovered after %.0f s and %d failed tries",
-                what,
-                self.monotonic() - self.failing_since,
-                self.failures,
-            )
-        self.failures = 0
-        self.failing_since = None
-        self._next_try = 0.0
-
-
 @dataclass
 class Daemon:
-    """`hpcsync run`: polls on a schedule until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    """`hpcsync run`: polls on a schedule until SIGTERM or SIGINT; SIGHUP reloads the config.
+
+    Only the leader of the cluster polls and writes; a standby (another daemon leads) retries the
+    lock every poll interval. READY=1 follows the first tick as leader or standby alike: a standby
+    is up, its schema checked, and takes over by itself.
+    """
 
     settings: Settings
     scheduler: Scheduler | None = None
@@ -222,6 +87,9 @@ class Daemon:
         self._ingester: LogIngester | None = None
         self._jobs: BackgroundScheduler | None = None
         self._last_usage = float("-inf")
+        self._leadership: Leadership | None = None
+        self._leader = False
+        self._standby_logged = False
         interval = self.settings.slurm.poll_interval
         self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
         self._watchdog = Watchdog(
@@ -249,6 +117,10 @@ class Daemon:
             signal.signal(signum, self.stop)
         signal.signal(signal.SIGHUP, self.request_reload)
         notify(status("starting: opening the database"))
+        lock = leadership_for(self.settings, self.settings.cluster_name)
+        if isinstance(lock, FileLock):
+            lock.acquire()  # SQLite: a second daemon on the file refuses to start
+            self._leadership = lock
         self._repository = open_repository(self.settings)
         self._ingester = build_ingester(self.settings, self._repository)
         log.info(
@@ -279,6 +151,8 @@ class Daemon:
             self._jobs.shutdown(wait=True)
             self._ingester.close()
             self._repository.dispose()
+            if self._leadership is not None:
+                self._leadership.release()
             log.info("hpcsync stopped")
         return 0
 
@@ -317,12 +191,14 @@ class Daemon:
         if not self._backoff.ready():
             return
         try:
+            if not self._lead():
+                return
             if self._tracker is None:
                 assert self._repository is not None
                 self._tracker = build_tracker(self.settings, self._repository, self.scheduler)
                 self._tracker.load()
                 stats = self._tracker.cycle()
-                caught = self._tracker.catch_up(_first_start(self.settings))
+                caught = self._tracker.catch_up(first_start(self.settings))
                 if caught.changed:
                     log.info("caught up: %s", caught.summary())
                 stats.changes.extend(caught.changes)
@@ -343,6 +219,46 @@ class Daemon:
         log.info("%s; %s", stats.summary(), ingested.summary() if ingested else "logs not read")
         notify(status(f"polled {stats.jobs} jobs, {len(self._tracker.live_runs)} live runs"))
         self._refresh_usage()
+
+    def _lead(self) -> bool:
+        """Return True when this daemon leads (taking the lock if free); raises HpcsyncError."""
+        if self._leadership is None:
+            # The advisory lock is per cluster: ask Slurm for the name unless configured.
+            cluster = cluster_name(self.settings, self.scheduler or open_scheduler(self.settings))
+            self._leadership = leadership_for(self.settings, cluster)
+        if self._leader:
+            return self._still_leading()
+        if not self._leadership.acquire():
+            if not self._standby_logged:
+                log.info("standby: another daemon leads %s", self._leadership.holder())
+                self._standby_logged = True
+            notify(status(f"standby: another daemon leads {self._leadership.holder()}"))
+            self._backoff.succeeded("database")  # it answered: an outage, if any, is over
+            return False
+        log.info("leading %s", self._leadership.holder())
+        self._leader = True
+        self._standby_logged = False
+        return True
+
+    def _still_leading(self) -> bool:
+        """Return True while the lock holds (PostgreSQL: its connection answers); else step down."""
+        if self._leadership is not None and self._leadership.alive():
+            return True
+        self._step_down()
+        return False
+
+    def _step_down(self) -> None:
+        """Stop writing: forget what the tracker and ingester hold; the next leader term reloads."""
+        log.error("lost the lock of %s: stepping down to standby", self._leadership_name())
+        self._leader = False
+        self._tracker = None
+        assert self._ingester is not None and self._repository is not None
+        self._ingester.close()
+        self._ingester = build_ingester(self.settings, self._repository)
+        notify(status("standby: lost the leader lock"))
+
+    def _leadership_name(self) -> str:
+        return self._leadership.holder() if self._leadership is not None else "the database"
 
     def _refresh_usage(self) -> None:
         # Live CPU and memory come from one sstat call, at a slower cadence than the poll.
@@ -373,9 +289,14 @@ class Daemon:
 
     def read_logs(self) -> None:
         """The log tick between polls: read the files that grew; never raises."""
-        if self._stop.is_set() or self._ingester is None:
+        if self._stop.is_set() or self._ingester is None or not self._leader:
+            return
+        # A poll cycle reads the logs too; skipping here keeps a step-down from racing a read.
+        if not self._cycle_lock.acquire(blocking=False):
             return
         try:
+            if not self._still_leading():
+                return
             stats = self._ingester.ingest()
         except HpcsyncError as exc:
             log.warning("reading logs failed, retrying next tick: %s", exc)
@@ -383,6 +304,8 @@ class Daemon:
         except Exception:
             log.exception("reading logs failed unexpectedly; retrying next tick")
             return
+        finally:
+            self._cycle_lock.release()
         if stats.points:
             log.info("%s", stats.summary())
 
