@@ -90,9 +90,18 @@ def leading(settings: Settings, cluster: str) -> Iterator[None]:
 
 
 def follow_logs(ingester: LogIngester, tracker: JobTracker, *cycles: CycleStats) -> IngestStats:
-    """Read the logs of the tracker's live runs and, one last time, of runs these cycles ended."""
+    """Read the logs of the tracker's live runs and, one last time, of every ended run.
+
+    An ended run is marked done only after that last read, so a crash between a run's end
+    and its last read leaves it to the next call, whichever process makes it.
+    """
     changed = [run for cycle in cycles for run, _ in cycle.changes]
-    return ingester.follow(tracker.live_runs, ended_runs(changed, tracker.live_runs))
+    ended = {run.id: run for run in ended_runs(changed, tracker.live_runs)}
+    for run in tracker.repository.runs_awaiting_logs(tracker.cluster):
+        ended.setdefault(run.id, run)
+    stats = ingester.follow(tracker.live_runs, list(ended.values()))
+    tracker.repository.mark_logs_done([run_id for run_id in ended if run_id is not None])
+    return stats
 
 
 def sync_once(

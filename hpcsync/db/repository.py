@@ -153,6 +153,25 @@ class Repository(RunQueries):
         with self.atomic() as connection:
             return [_run_from_row(row) for row in connection.execute(query).mappings()]
 
+    def runs_awaiting_logs(self, cluster: str) -> list[Run]:
+        """Return the ended runs of `cluster` whose logs have not had their last read."""
+        query = run_select().where(
+            runs.c.cluster == cluster, runs.c.final.is_(True), runs.c.logs_done.is_(False)
+        )
+        with self.atomic() as connection:
+            return [_run_from_row(row) for row in connection.execute(query).mappings()]
+
+    def mark_logs_done(self, run_ids: Sequence[int]) -> None:
+        """Record that these ended runs' logs had their last read."""
+        if not run_ids:
+            return
+        with self.atomic() as connection:
+            connection.execute(
+                update(runs)
+                .where(runs.c.id.in_(list(run_ids)), runs.c.final.is_(True))
+                .values(logs_done=True)
+            )
+
     def runs_for_jobs(self, cluster: str, job_ids: Sequence[str]) -> list[Run]:
         """Return every stored run of `cluster` with one of these Slurm job ids, newest first."""
         if not job_ids:
@@ -276,6 +295,7 @@ def _run_values(run: Run, final: bool, now: datetime) -> dict[str, Any]:
         restarts=run.restarts,
         cpu_efficiency=_cpu_efficiency(job),
         final=final,
+        logs_done=False,
         updated_at=now,
     )
     return values

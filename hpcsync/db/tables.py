@@ -21,6 +21,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -109,6 +110,8 @@ runs = Table(
     Column("cpu_efficiency", Float),
     Column("gpu_util_mean", Float),
     Column("final", Boolean, nullable=False, server_default=false()),
+    # True once an ended run's logs had their last read; rows from before 0005 count as read.
+    Column("logs_done", Boolean, nullable=False, server_default=true()),
     Column("updated_at", UtcDateTime, nullable=False),
     UniqueConstraint("cluster", "slurm_job_id", "submitted_at"),
     Index("ix_runs_cluster_status", "cluster", "status"),
