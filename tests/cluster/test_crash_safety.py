@@ -179,8 +179,12 @@ def crashes(
         for name, outcome in outcomes.items():
             # One last daemon runs undisturbed until every run is final and every point is in.
             log_path = tmp / f"{name}.log"
+            before = _started_count(log_path)
             process = _start(cluster, tmp / name / "config.toml", log_path)
             deadline = time.monotonic() + DEADLINE
+            # SIGTERM is a clean stop only once the daemon has set its handlers up.
+            while _started_count(log_path) == before and time.monotonic() < deadline:
+                time.sleep(0.2)
             while not _settled(outcome.url, jobs) and time.monotonic() < deadline:
                 time.sleep(0.5)
             process.terminate()
