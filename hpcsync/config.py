@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -183,3 +185,30 @@ def _describe(error: Any) -> str:
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     return f"{key}: {error['msg']}"
+
+
+def warn_if_world_readable(path: Path | str | None) -> str | None:
+    """Return a one-line warning if the config file holds a database password others can read."""
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError):
+        return None  # load_settings reports it
+    database = data.get("database")
+    url = database.get("url") if isinstance(database, dict) else None
+    if not isinstance(url, str) or not mode & 0o044:
+        return None
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    if not password:
+        return None
+    who = "everyone" if mode & 0o004 else "its group"
+    return (
+        f"config {path} holds a database password and is readable by {who} "
+        f"(mode {stat.S_IMODE(mode):04o}); run chmod 600 or pass the URL in HPCSYNC_DATABASE__URL"
+    )

@@ -19,6 +19,8 @@ kept per file with its cursor, so a re-read gives the same steps. A truncated, r
 replaced file (a requeued job's restart) is read again from byte 0 with fresh counters and
 parser state: repeated steps overwrite, the newer value wins, and nothing is doubled.
 Timestamps: the line's own (naive means local time), else the time of reading; stored in UTC.
+Hostile files (a symlink, a FIFO, a file not the job user's, outside roots and output directories;
+see logs/safe_open.py) are refused: counted, logged once per file and reason, never read.
 When a run ends (`finish`), its `gpu_util_mean` is written once its files are read to the end.
 """
 
@@ -47,8 +49,12 @@ from hpcsync.db.repository import Repository
 from hpcsync.errors import StorageError
 from hpcsync.ingest_files import (
     FileKind,
+    failure_reason,
+    file_policy,
+    gives_up,
     kind_of,
     manifest_files,
+    resolve_directory,
     root_manifests,
     run_files,
     written_since,
@@ -57,6 +63,7 @@ from hpcsync.ingest_gpu import PendingSummaries, sample_rows
 from hpcsync.ingest_manifest import read_manifest
 from hpcsync.logs.lines import clean
 from hpcsync.logs.parsers import MetricParser, ParsedValue, StreamState
+from hpcsync.logs.safe_open import RefusedFile
 from hpcsync.logs.tailer import DEFAULT_MAX_LINE_BYTES, Cursor, TailRead, read_lines
 from hpcsync.logs.watcher import ObserverKind, Watcher, files_in_root
 from hpcsync.models import JobState, Run
@@ -83,6 +90,8 @@ class IngestStats:
     skipped_lines: int = 0
     restarts: int = 0
     failures: int = 0
+    refused: int = 0
+    """Of the failures, files refused as unsafe (never retried once their run has ended)."""
     seconds: float = 0.0
 
     def add(self, other: IngestStats) -> None:
@@ -95,7 +104,7 @@ class IngestStats:
         return (
             f"read {self.files} files, {self.lines} lines, {self.points} points, "
             f"{self.skipped_lines} over-long lines skipped, {self.restarts} restarted, "
-            f"{self.failures} failed, {self.seconds:.2f} s"
+            f"{self.failures} failed ({self.refused} refused), {self.seconds:.2f} s"
         )
 
 
@@ -136,7 +145,7 @@ class LogIngester:
         self._files: dict[tuple[int, str], _File] = {}
         self._by_path: dict[str, set[tuple[int, str]]] = {}
         self._retry: set[tuple[int, str]] = set()
-        self._failing: set[tuple[int, str]] = set()
+        self._failing: dict[tuple[int, str], str] = {}  # key -> reason last logged
         self._last_root_scan: datetime | None = None
         self._named: dict[int, tuple[object, ...]] = {}
         self._summaries = PendingSummaries(repository)
@@ -275,7 +284,7 @@ class LogIngester:
 
     def _add_files(self, run: Run, paths: Iterable[tuple[str, FileKind]]) -> None:
         for path, kind in paths:
-            self._add(run, os.path.realpath(path), kind, None)
+            self._add(run, resolve_directory(path), kind, None)
 
     def _add(self, run: Run, path: str, kind: FileKind, cursor: CursorRow | None) -> None:
         assert run.id is not None
@@ -290,7 +299,7 @@ class LogIngester:
 
     def _forget(self, key: tuple[int, str]) -> None:
         self._files.pop(key, None)
-        self._failing.discard(key)
+        self._failing.pop(key, None)
         keys = self._by_path.get(key[1], set())
         keys.discard(key)
         if not keys:
@@ -334,15 +343,18 @@ class LogIngester:
             except Exception as exc:
                 storage_failures += isinstance(exc, StorageError)
                 stats.failures += 1
-                self._retry.add(key)
-                level = logging.DEBUG if key in self._failing else logging.WARNING
-                self._failing.add(key)
-                log.log(
-                    level, "job %s: reading %s failed, retrying: %s", file.job_id, file.path, exc
-                )
+                stats.refused += isinstance(exc, RefusedFile)
+                reason = failure_reason(exc)
+                level = logging.DEBUG if self._failing.get(key) == reason else logging.WARNING
+                self._failing[key] = reason
+                retry = not (final and gives_up(exc))
+                (self._retry.add if retry else self._retry.discard)(key)
+                what = "refused" if isinstance(exc, RefusedFile) else "failed"
+                what += ", retrying" if retry else ", given up"
+                log.log(level, "job %s: reading %s %s: %s", file.job_id, file.path, what, exc)
                 continue
             self._retry.discard(key)
-            self._failing.discard(key)
+            self._failing.pop(key, None)
         stats.seconds = time.monotonic() - began
         if storage_failures and not commits:
             raise StorageError(f"database unavailable; {len(self._retry)} log files wait")
@@ -350,10 +362,10 @@ class LogIngester:
 
     def _read(self, file: _File, stats: IngestStats, *, final: bool) -> int:
         """Read one file to its end, committing points and cursor per chunk; return commits."""
+        run = self._runs[file.run_id]
+        policy = file_policy(run, self.roots)
         if file.kind == "manifest":
-            file.cursor, written = read_manifest(
-                self.repository, file.cursor, self._runs[file.run_id]
-            )
+            file.cursor, written = read_manifest(self.repository, file.cursor, run, policy)
             stats.files += written is not None
             return int(written is not None)
         commits = 0
@@ -366,6 +378,7 @@ class LogIngester:
                 Cursor(row.device, row.inode, row.offset, row.fingerprint, row.skipping),
                 max_line_bytes=self.max_line_bytes,
                 final=final,
+                policy=policy,
             )
             if result.missing:
                 return commits
@@ -445,7 +458,7 @@ class LogIngester:
             parsed.extend(self.parser.flush(state))
         points: list[Row] = []
         for value in parsed:
-            if len(value.name) > MAX_NAME:
+            if len(value.name) > MAX_NAME or not value.name.isprintable():  # NUL, surrogates
                 continue
             step = value.step
             if step is None:

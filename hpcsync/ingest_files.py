@@ -13,14 +13,21 @@ The rules (`run_files` here, `files_in_root` in logs/watcher.py):
 - the run manifest `hpcsync-<job id>.run.json` (see manifest.py) beside its StdOut, named
   exactly, and in each log root where it exists when the roots are scanned (one `stat` per
   run and root, no listing).
+
+A path is registered with its directory part resolved and its last component as named: a
+symbolic link there is refused when read, never followed (see logs/safe_open.py). Each read is
+checked against the run's FilePolicy (`file_policy`): its log roots, its output directories and
+its user. An output sent to /dev/null is not a file of the run.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator, Sequence
 from typing import Literal
 
+from hpcsync.logs.safe_open import FilePolicy, RefusedFile
 from hpcsync.logs.watcher import Kind, expand_hostlist
 from hpcsync.logs.watcher import kind_of as log_kind_of
 from hpcsync.manifest import is_manifest_name, manifest_name
@@ -36,9 +43,7 @@ CLOCK_SKEW_SECONDS = 300.0
 def run_files(run: Run) -> list[tuple[str, Kind]]:
     """Return StdOut, StdErr and (unless the job has no GPUs) its per-node sample files beside."""
     job = run.job
-    outputs = [path for path in (job.stdout_path, job.stderr_path) if path]
-    if not outputs and job.work_dir:
-        outputs = [default_output(job)]
+    outputs = _outputs(run)
     files: list[tuple[str, Kind]] = []
     for path in outputs:
         if "%" in path and not job.node_list:
@@ -54,10 +59,10 @@ def run_files(run: Run) -> list[tuple[str, Kind]]:
 def manifest_files(run: Run) -> list[tuple[str, FileKind]]:
     """Return the run manifest beside the job's StdOut (none until a `%N` in its path is known)."""
     job = run.job
-    output = job.stdout_path or job.stderr_path or (job.work_dir and default_output(job))
-    if not output:
+    outputs = _outputs(run)
+    if not outputs:
         return []
-    directory = os.path.dirname(output)
+    directory = os.path.dirname(outputs[0])
     if "%" in directory and not job.node_list:
         return []
     return [(os.path.join(directory, manifest_name(job.job_id)), "manifest")]
@@ -85,3 +90,37 @@ def written_since(mtime: float, run: Run) -> bool:
     """False for a file last written before the job was submitted (an older job's, same id)."""
     submitted = run.job.submitted_at
     return submitted is None or mtime >= submitted.timestamp() - CLOCK_SKEW_SECONDS
+
+
+def file_policy(run: Run, roots: Sequence[str]) -> FilePolicy:
+    """Return where the run's files may lie (its roots, its output directories) and whose."""
+    return FilePolicy.for_job(roots, _outputs(run), run.job.user_name)
+
+
+def resolve_directory(path: str) -> str:
+    """Return path with its directory resolved (symlinks too) and its last component kept."""
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(directory), name)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Return a short name for why a file failed, to log each file once per reason."""
+    if isinstance(exc, RefusedFile):
+        return exc.reason
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return errno.errorcode.get(exc.errno, str(exc.errno))
+    return type(exc).__name__
+
+
+def gives_up(exc: BaseException) -> bool:
+    """True for failures an ended run's file is not retried for (refused, permission denied)."""
+    return isinstance(exc, RefusedFile | PermissionError)
+
+
+def _outputs(run: Run) -> list[str]:
+    """Return StdOut and StdErr as named (Slurm's default when neither is), without /dev/null."""
+    job = run.job
+    paths = [path for path in (job.stdout_path, job.stderr_path) if path]
+    if not paths and job.work_dir:
+        paths = [default_output(job)]
+    return [path for path in paths if path != os.devnull]

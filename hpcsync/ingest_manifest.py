@@ -7,7 +7,8 @@ watcher reports it. Content already handled is skipped; new content replaces the
 in one transaction (see params_store.py), so a read repeated after a crash or a restart writes
 the same rows. A manifest that cannot be parsed logs one WARNING and is skipped until its
 content changes; it never stops other files. A manifest last written before the job was
-submitted belongs to an older job with the same id and is ignored.
+submitted belongs to an older job with the same id and is ignored. It is opened by
+`open_log` under the run's FilePolicy; a refusal is raised to the ingester, which counts it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hpcsync.db.metric_store import CursorRow
 from hpcsync.db.params_store import replace_params, set_seed
 from hpcsync.db.repository import Repository
 from hpcsync.ingest_files import written_since
+from hpcsync.logs.safe_open import FilePolicy, RefusedFile, open_log
 from hpcsync.manifest import MAX_BYTES, ManifestError, parse_manifest
 from hpcsync.models import Run
 
@@ -28,19 +30,22 @@ log = logging.getLogger(__name__)
 
 
 def read_manifest(
-    repository: Repository, cursor: CursorRow, run: Run
+    repository: Repository, cursor: CursorRow, run: Run, policy: FilePolicy | None = None
 ) -> tuple[CursorRow, int | None]:
     """Store a run's manifest if its content is new; return the cursor and rows written.
 
-    Rows written is None when nothing new was stored. Raises StorageError (then retry).
+    Rows written is None when nothing new was stored. Raises StorageError (then retry) and
+    RefusedFile (the file breaks the policy).
     """
     path, job_id = cursor.path, run.job.job_id
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(open_log(path, policy), "rb") as handle:
             status = os.fstat(handle.fileno())
             data = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
         return cursor, None
+    except RefusedFile:
+        raise
     except OSError as exc:
         log.warning("job %s: cannot read run manifest %s: %s", job_id, path, exc)
         return cursor, None

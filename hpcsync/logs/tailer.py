@@ -23,6 +23,8 @@ import os
 import re
 from dataclasses import dataclass, field
 
+from hpcsync.logs.safe_open import FilePolicy, open_log
+
 CHUNK_BYTES = 1 << 20
 FINGERPRINT_BYTES = 1024
 DEFAULT_MAX_LINE_BYTES = 65536
@@ -66,13 +68,15 @@ def read_lines(
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
     max_read_bytes: int = DEFAULT_MAX_READ_BYTES,
     final: bool = False,
+    policy: FilePolicy | None = None,
 ) -> TailRead:
     """Return the complete lines after `cursor` and the cursor after them; raises OSError.
 
     `final` also returns a partial last line (the job has ended and will write no more).
+    The file is opened by `open_log` under `policy` (RefusedFile, an OSError, when refused).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = open_log(path, policy)
     except FileNotFoundError:
         return TailRead(cursor=cursor, missing=True)
     try:
