@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from hpcsync import __version__
-from hpcsync.config import Settings, find_config, load_settings
+from hpcsync.config import Settings, find_config, load_settings, warn_if_world_readable
 from hpcsync.errors import ConfigError, HpcsyncError
 from hpcsync.manifest import add_manifest_arguments, manifest_command
 
@@ -164,12 +164,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "manifest":
         setup_logging(args.log_level or "INFO")
         return manifest_command(args)
+    config_path = find_config(args.config)
     try:
-        settings = load_settings(find_config(args.config))
+        settings = load_settings(config_path)
     except ConfigError as exc:
         _error(str(exc))
         return exc.exit_code
     setup_logging(args.log_level or settings.log_level)
+    if warning := warn_if_world_readable(config_path):
+        log.warning("%s", warning)
     try:
         return _dispatch(args, settings)
     except HpcsyncError as exc:

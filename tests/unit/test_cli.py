@@ -210,3 +210,19 @@ def test_journald_lines_carry_priority_prefixes(env: dict[str, str]) -> None:
     lines = result.stderr.strip().splitlines()
     assert lines[-1].startswith("<3>hpcsync: scontrol") and "not found on PATH" in lines[-1]
     assert all(line[:3] in ("<3>", "<4>", "<6>", "<7>") for line in lines), lines
+
+
+def test_a_config_with_a_password_readable_by_others_draws_a_warning(
+    env: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "secret.toml"
+    config.write_text(
+        f'state_dir = "{tmp_path}"\n[database]\nurl = "postgresql+psycopg://u:hunter2@127.0.0.1:1/x"\n'
+    )
+    config.chmod(0o644)
+    main(["-c", str(config), "runs"])
+    err = capsys.readouterr().err
+    assert "readable" in err and "hunter2" not in err
+    config.chmod(0o600)
+    main(["-c", str(config), "runs"])
+    assert "readable" not in capsys.readouterr().err
