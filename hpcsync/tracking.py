@@ -83,11 +83,12 @@ def tag_for(job: Job, track_untagged: bool) -> Tag | None:
 
 
 def is_placeholder(job: Job) -> bool:
-    """True for slurmdbd's stand-in job record (no partition, no CPUs) before the real one arrives.
+    """True for slurmdbd's stand-in job record (no partition) before the real one arrives.
 
-    Its name is `allocation` and its state and exit code are not yet the job's.
+    Its name is `allocation`, its user the SlurmUser, and its state and exit code are not yet
+    the job's, even when it already says COMPLETED (tests/fixtures/slurm/README.md).
     """
-    return not job.partition and not job.num_cpus
+    return not job.partition
 
 
 def same_job(run: Run, job: Job) -> bool:

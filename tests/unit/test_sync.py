@@ -37,6 +37,7 @@ def job(job_id: str, state: JobState = JobState.PENDING, **fields: object) -> Jo
         "restarts": 0,
         "num_cpus": 1,
         "mem_mb": 100,
+        "partition": "debug",
     }
     values.update(fields)
     return Job(state=state, **values)  # type: ignore[arg-type]

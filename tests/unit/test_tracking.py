@@ -159,4 +159,14 @@ def test_slurmdbds_stand_in_record_is_recognised() -> None:
     text = (Path(__file__).parents[1] / "fixtures" / "slurm" / "sacct_placeholder.txt").read_text()
     (placeholder,) = parse_sacct(text, UTC)
     assert placeholder.name == "allocation" and is_placeholder(placeholder)
+    ended = (
+        Path(__file__).parents[1] / "fixtures" / "slurm" / "sacct_placeholder_ended.txt"
+    ).read_text()
+    (stand_in,) = parse_sacct(ended, UTC)
+    assert (stand_in.state, stand_in.num_cpus, stand_in.user_name) == (
+        JobState.COMPLETED,
+        1,
+        "root",
+    )
+    assert is_placeholder(stand_in)
     assert not is_placeholder(job(JobState.FAILED, partition="debug", num_cpus=2, exit_code=4))
