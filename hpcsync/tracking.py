@@ -139,6 +139,9 @@ def event_time(job: Job, now: datetime) -> datetime:
         return job.ended_at
     if status_for(job.state) is RunStatus.RUNNING and job.started_at is not None:
         return job.started_at
+    if status_for(job.state) is RunStatus.PENDING and job.submitted_at is not None:
+        # Slurm's clock for every event: `now` could sort after a start in the same second.
+        return job.submitted_at
     return now
 
 

@@ -37,7 +37,7 @@ from hpcsync.usage_refresh import refresh_live_usage
 
 DEADLINE = 180.0
 POLL = 1.0
-WORK_SECONDS = 12  # the gather samples every 5 s; leave live rounds room on a busy machine
+WORK_SECONDS = 16  # the gather samples every 5 s; leave live rounds room on a busy machine
 """Long enough for jobacct_gather (every 5 s on the testbed) to sample the 150 MB."""
 BUILD_SCRIPT = Path(__file__).parents[1] / "fake_nvml" / "build.py"
 SAMPLER = Path(sys.executable).parent / "hpcsync"

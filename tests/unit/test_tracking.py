@@ -170,3 +170,14 @@ def test_slurmdbds_stand_in_record_is_recognised() -> None:
     )
     assert is_placeholder(stand_in)
     assert not is_placeholder(job(JobState.FAILED, partition="debug", num_cpus=2, exit_code=4))
+
+
+def test_event_times_come_from_slurms_clock_so_they_sort_in_order() -> None:
+    pending = job(JobState.PENDING, submitted_at=T0)
+    first, events = observe(
+        None, pending, tag_for(pending, False), "hpc", T0 + timedelta(seconds=0.7)
+    )
+    assert events[0].at == T0
+    running = job(JobState.RUNNING, submitted_at=T0, started_at=T0)
+    _, later = observe(first, running, None, "hpc", T0 + timedelta(seconds=1.5))
+    assert later[0].at == T0 and (events[0].at, 0) <= (later[0].at, 1)
