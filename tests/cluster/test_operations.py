@@ -109,4 +109,6 @@ def test_a_job_purged_while_no_daemon_ran_is_recorded_by_backfill_and_catch_up(
         assert (run["slurm_state"], run["exit_code"]) == ("FAILED", 5)
         assert run["metrics"]["loss"]["value"] == 0.5
     again = _hpcsync(cluster, backfilled, "backfill", "--since", since)
-    assert "0 new runs" in again.stdout
+    assert again.returncode == 0, again.stderr
+    listed = _hpcsync(cluster, backfilled, "runs", "--json", "--experiment", "downtime")
+    assert len(json.loads(listed.stdout)) == 1  # a second backfill adds no second run

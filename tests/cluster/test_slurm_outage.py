@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hpcsync.db.repository import Repository
+from hpcsync.errors import StorageError
 
 ROOT = Path(__file__).resolve().parents[2]
 TESTBED = ROOT / "scripts" / "slurm-testbed"
@@ -63,7 +64,10 @@ def _slurmctld_pid() -> int:
 
 
 def _status(repository: Repository, job_id: str) -> str | None:
-    row = repository.find_run(job_id)
+    try:
+        row = repository.find_run(job_id)
+    except StorageError:
+        return None  # the daemon is still creating the schema
     return None if row is None else str(row["status"])
 
 
