@@ -1,0 +1,1 @@
+"""Benchmarks of hpcsync against its performance targets (issue 7); see bench/README.md."""
