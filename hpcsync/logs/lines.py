@@ -36,7 +36,8 @@ def split_lines(text: str) -> tuple[list[str], str]:
 
 def clean(line: str) -> str:
     """Return line without ANSI escapes, with backspaces applied and other controls removed."""
-    if _CONTROL.search(line) is None:
+    # isprintable() is the faster "no control character" for nearly every line.
+    if line.isprintable() or _CONTROL.search(line) is None:
         return line
     if "\x1b" in line:
         line = _ANSI.sub("", line)

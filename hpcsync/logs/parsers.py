@@ -141,6 +141,31 @@ class StreamState:
 
 _OPEN_BARS = 8
 
+
+def _value_maker() -> Callable[[str, float, int | None, datetime | None], ParsedValue]:
+    """Return a constructor of ParsedValue that fills its slots directly.
+
+    A frozen dataclass's __init__ goes through `object.__setattr__` per field; a log of a
+    million points builds a million of these, and the slot setters take half the time.
+    """
+    new = object.__new__
+    set_name, set_value, set_step, set_timestamp = (
+        ParsedValue.__dict__[slot].__set__ for slot in ParsedValue.__slots__
+    )
+
+    def make(name: str, value: float, step: int | None, timestamp: datetime | None) -> ParsedValue:
+        made = new(ParsedValue)
+        set_name(made, name)
+        set_value(made, value)
+        set_step(made, step)
+        set_timestamp(made, timestamp)
+        return made
+
+    return make
+
+
+_value = _value_maker()
+
 LineParser = Callable[[str, StreamState], list[ParsedValue] | None]
 """A parser returns None when the line is not its kind, else the values (maybe none) it found."""
 
@@ -194,10 +219,21 @@ def _as_step(value: float) -> int | None:
 
 def _split_step(pairs: dict[str, float]) -> int | None:
     """Remove the step keys from pairs; return the step they or an `epoch` key give."""
+    found = [key for key in pairs if key in _STEP_SPELLINGS]
+    if not found:
+        return None
+    if len(found) == 1:  # the usual line: one step key, nothing to rank
+        key = found[0]
+        if key.lower() != "epoch":
+            return _as_step(pairs.pop(key))
+        only = _as_step(pairs[key])
+        if only is not None:
+            del pairs[key]
+        return only
     step: int | None = None
     rank = len(STEP_KEYS)
     epoch_key: str | None = None
-    for key in [key for key in pairs if key in _STEP_SPELLINGS]:
+    for key in found:
         lowered = key.lower()
         if lowered == "epoch":
             epoch_key = key
@@ -231,7 +267,7 @@ def _values(pairs: dict[str, float], step: int | None, when: datetime | None) ->
     """Return pairs as ParsedValues; a step-less config echo yields none."""
     if step is None and _looks_like_config(pairs):
         return []
-    return [ParsedValue(name, value, step, when) for name, value in pairs.items()]
+    return [_value(name, value, step, when) for name, value in pairs.items()]
 
 
 # --- Keras -------------------------------------------------------------------------------------
@@ -288,8 +324,9 @@ def parse_bar(line: str, state: StreamState) -> list[ParsedValue] | None:
     counter = _BAR_COUNTER.search(head, max(0, len(head) - 48))
     if counter is None:
         return None
-    n = int(counter.group(1))
-    total = int(counter.group(2)) if counter.group(2) not in (None, "?") else None
+    n_text, total_text = counter.groups()
+    n = int(n_text)
+    total = int(total_text) if total_text is not None and total_text != "?" else None
     out = _resolve_hf(state, n, total)
     epoch = _EPOCH_DESC.match(head)
     if epoch is None:
@@ -300,8 +337,12 @@ def parse_bar(line: str, state: StreamState) -> list[ParsedValue] | None:
         step = None
     if step is not None and step < 0:
         return out
+    postfix = text[open_at + 1 : -1]
+    if "=" not in postfix:  # most redraws: time and rate only
+        return out
     at_end = epoch is not None and n == total
-    for part in text[open_at + 1 : -1].split(","):
+    values, steps = state.bar_values, state.bar_steps
+    for part in postfix.split(","):
         name, sep, raw = part.partition("=")
         if not sep:
             continue
@@ -309,10 +350,10 @@ def parse_bar(line: str, state: StreamState) -> list[ParsedValue] | None:
         value = _number(raw.strip())
         if value is None or name in IGNORED_NAMES or not name:
             continue
-        if state.bar_values.get(name) != value or (at_end and state.bar_steps.get(name) != step):
-            state.bar_values[name] = value
-            state.bar_steps[name] = step
-            out.append(ParsedValue(name, value, step, None))
+        if values.get(name) != value or (at_end and steps.get(name) != step):
+            values[name] = value
+            steps[name] = step
+            out.append(_value(name, value, step, None))
     return out
 
 
@@ -320,14 +361,21 @@ def _resolve_hf(state: StreamState, n: int, total: int | None) -> list[ParsedVal
     """Note a bar redraw; if it is HF's training bar, return a waiting log dict at its counter."""
     if total is None:
         return []
-    longest = all(total >= other for other, _ in state.open_bars)
-    state.open_bars = [bar for bar in state.open_bars if bar[0] != total]
-    if n < total:
-        state.open_bars.append([total, n])
-        del state.open_bars[:-_OPEN_BARS]
+    bars = state.open_bars
+    if len(bars) == 1 and bars[0][0] == total:  # the usual redraw: one bar, in progress
+        longest = True
+        state.open_bars = [[total, n]] if n < total else []
+    else:
+        longest = all(total >= other for other, _ in bars)
+        state.open_bars = [bar for bar in bars if bar[0] != total]
+        if n < total:
+            state.open_bars.append([total, n])
+            del state.open_bars[:-_OPEN_BARS]
     if not longest:
         return []
     state.hf_n = n
+    if not state.hf_pending:
+        return []
     out = [ParsedValue(name, value, n, None) for name, value in state.hf_pending.items()]
     state.hf_pending = {}
     return out
@@ -335,6 +383,7 @@ def _resolve_hf(state: StreamState, n: int, total: int | None) -> list[ParsedVal
 
 # --- dicts: JSON, HF Trainer, Python reprs -----------------------------------------------------
 
+_JSON = json.JSONDecoder()
 _PY_PAIR = re.compile(r"'([^'\\]*)':\s*(?:'([^'\\]*)'|([^,}'\s][^,}]*))")
 
 
@@ -348,10 +397,14 @@ def parse_dict(line: str, state: StreamState) -> list[ParsedValue] | None:
         return None
     body = text[start:]
     if '"' in body:
+        # `body` starts with `{` and ends with `}`: json.loads without its whitespace checks.
         try:
-            loaded = json.loads(body)
+            loaded, end = _JSON.raw_decode(body)
         except ValueError:
             loaded = None
+        else:
+            if end != len(body):
+                loaded = None
         if isinstance(loaded, dict):
             return _parse_json(loaded, _leading_timestamp(line) if start else None)
     if "'" not in body:
@@ -404,13 +457,18 @@ def _parse_json(loaded: dict[str, object], prefix_time: datetime | None) -> list
     """Return the numeric leaves of a JSON object, flattened with `/`, at its step and time."""
     pairs: dict[str, float] = {}
     when = prefix_time
+    isfinite = math.isfinite
     for key, raw in loaded.items():
         if key in _TIME_SPELLINGS:
             stamp = _json_time(raw)
             if stamp is not None:
                 when = stamp
                 continue
-        _flatten(key, raw, pairs)
+        if type(raw) is float or type(raw) is int:  # the usual leaf; what _flatten does for it
+            if isfinite(raw):
+                pairs[key] = float(raw)
+        else:
+            _flatten(key, raw, pairs)
     step = _split_step(pairs)
     return _values(pairs, step, when)
 
