@@ -27,6 +27,7 @@ When a run ends (`finish`), its `gpu_util_mean` is written once its files are re
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -47,6 +48,7 @@ from hpcsync.db.metric_store import (
 )
 from hpcsync.db.repository import Repository
 from hpcsync.errors import StorageError
+from hpcsync.ingest_commit import ChunkCommitter
 from hpcsync.ingest_files import (
     FileKind,
     failure_reason,
@@ -63,8 +65,14 @@ from hpcsync.ingest_gpu import PendingSummaries, sample_rows
 from hpcsync.ingest_manifest import read_manifest
 from hpcsync.logs.lines import clean
 from hpcsync.logs.parsers import MetricParser, ParsedValue, StreamState
-from hpcsync.logs.safe_open import RefusedFile
-from hpcsync.logs.tailer import DEFAULT_MAX_LINE_BYTES, Cursor, TailRead, read_lines
+from hpcsync.logs.safe_open import FilePolicy, RefusedFile
+from hpcsync.logs.tailer import (
+    DEFAULT_MAX_LINE_BYTES,
+    DEFAULT_MAX_READ_BYTES,
+    Cursor,
+    TailRead,
+    read_lines,
+)
 from hpcsync.logs.watcher import ObserverKind, Watcher, files_in_root
 from hpcsync.models import JobState, Run
 
@@ -120,6 +128,9 @@ class _File:
 class LogIngester:
     """Reads the registered files of live runs and writes their metrics; see the module rules."""
 
+    max_read_bytes = DEFAULT_MAX_READ_BYTES
+    """The bytes of one chunk: parsed, then committed with the cursor after it."""
+
     def __init__(
         self,
         repository: Repository,
@@ -132,7 +143,9 @@ class LogIngester:
         root_scan_seconds: float = 60.0,
         local_timezone: tzinfo | None = None,
         watcher: Watcher | None = None,
+        on_change: Callable[[], None] | None = None,
     ) -> None:
+        """`on_change` is called from the inotify thread when a watched file changes."""
         self.repository = repository
         self.roots = [os.path.abspath(root) for root in roots]
         self.max_line_bytes = max_line_bytes
@@ -140,7 +153,7 @@ class LogIngester:
         self.root_scan_seconds = root_scan_seconds
         self.local_timezone = local_timezone
         self.parser = MetricParser(patterns)
-        self.watcher = watcher or Watcher(observer)
+        self.watcher = watcher or Watcher(observer, on_change=on_change)
         self._runs: dict[int, Run] = {}
         self._files: dict[tuple[int, str], _File] = {}
         self._by_path: dict[str, set[tuple[int, str]]] = {}
@@ -150,6 +163,7 @@ class LogIngester:
         self._named: dict[int, tuple[object, ...]] = {}
         self._summaries = PendingSummaries(repository)
         self._lock = threading.RLock()
+        self._committer = ChunkCommitter()
 
     @property
     def files(self) -> list[tuple[int, str, FileKind]]:
@@ -229,8 +243,9 @@ class LogIngester:
             return stats
 
     def close(self) -> None:
-        """Stop watching."""
+        """Stop watching and stop the writer thread."""
         self.watcher.close()
+        self._committer.close()
 
     def reconfigure(
         self,
@@ -361,7 +376,11 @@ class LogIngester:
         return stats
 
     def _read(self, file: _File, stats: IngestStats, *, final: bool) -> int:
-        """Read one file to its end, committing points and cursor per chunk; return commits."""
+        """Read one file to its end, committing points and cursor per chunk; return commits.
+
+        A chunk commits on the writer thread while the next is parsed (ingest_commit.py);
+        `file.cursor` is the committed cursor, `row` the cursor after what was parsed.
+        """
         run = self._runs[file.run_id]
         policy = file_policy(run, self.roots)
         if file.kind == "manifest":
@@ -369,60 +388,84 @@ class LogIngester:
             stats.files += written is not None
             return int(written is not None)
         commits = 0
+
+        def commit(points: list[Row], gpus: list[RunGpu], new: CursorRow, now: datetime) -> None:
+            nonlocal commits
+            with self.repository.atomic() as connection:
+                written = upsert_rows(connection, file.run_id, points)
+                upsert_run_gpus(connection, file.run_id, gpus)
+                save_cursor(connection, new, now)
+            file.cursor = new
+            stats.points += written
+            commits += 1
+
+        row = file.cursor
         first = True
-        while True:
-            row = file.cursor
-            state = _load_state(row.parser_state) if file.kind == "log" else None
-            result = read_lines(
-                file.path,
-                Cursor(row.device, row.inode, row.offset, row.fingerprint, row.skipping),
-                max_line_bytes=self.max_line_bytes,
-                final=final,
-                policy=policy,
+        try:
+            while True:
+                chunk = self._parse_chunk(file, row, policy, final=final)
+                if chunk is None:
+                    return commits
+                result, points, gpus, new, now = chunk
+                stats.files += first
+                first = False
+                stats.restarts += result.restarted
+                stats.lines += len(result.lines)
+                stats.skipped_lines += result.skipped
+                if new != row:
+                    if result.more:
+                        self._committer.submit(functools.partial(commit, points, gpus, new, now))
+                    else:
+                        self._committer.drain()
+                        commit(points, gpus, new, now)
+                    row = new
+                if not result.more:
+                    return commits
+        finally:
+            self._committer.drain()
+
+    def _parse_chunk(
+        self, file: _File, row: CursorRow, policy: FilePolicy, *, final: bool
+    ) -> tuple[TailRead, list[Row], list[RunGpu], CursorRow, datetime] | None:
+        """Read and parse the chunk after `row`; return it with its rows and the cursor after it."""
+        state = _load_state(row.parser_state) if file.kind == "log" else None
+        result = read_lines(
+            file.path,
+            Cursor(row.device, row.inode, row.offset, row.fingerprint, row.skipping),
+            max_line_bytes=self.max_line_bytes,
+            max_read_bytes=self.max_read_bytes,
+            final=final,
+            policy=policy,
+        )
+        if result.missing:
+            return None
+        counters = {} if result.restarted else dict(row.counters)
+        if result.restarted:
+            state = StreamState() if file.kind == "log" else None
+            log.info(
+                "job %s: %s was truncated or replaced; reading it again", file.job_id, file.path
             )
-            if result.missing:
-                return commits
-            stats.files += first
-            first = False
-            counters = {} if result.restarted else dict(row.counters)
-            if result.restarted:
-                stats.restarts += 1
-                state = StreamState() if file.kind == "log" else None
-                log.info(
-                    "job %s: %s was truncated or replaced; reading it again", file.job_id, file.path
-                )
-            now = self.clock()
-            gpus: list[RunGpu] = []
-            if state is None:
-                rows = sample_rows(result.lines)
-                points, gpus = rows.points, rows.gpus
-            else:
-                points = self._log_points(
-                    file, result, state, counters, now, flush=final and not result.more
-                )
-            new = dataclasses.replace(
-                row,
-                device=result.cursor.device,
-                inode=result.cursor.inode,
-                offset=result.cursor.offset,
-                fingerprint=result.cursor.fingerprint,
-                skipping=result.cursor.skipping,
-                skipped_lines=(0 if result.restarted else row.skipped_lines) + result.skipped,
-                counters=counters,
-                parser_state=None if state is None else _dump_state(state),
+        now = self.clock()
+        gpus: list[RunGpu] = []
+        if state is None:
+            rows = sample_rows(result.lines)
+            points, gpus = rows.points, rows.gpus
+        else:
+            points = self._log_points(
+                file, result, state, counters, now, flush=final and not result.more
             )
-            if new != row:
-                with self.repository.atomic() as connection:
-                    written = upsert_rows(connection, file.run_id, points)
-                    upsert_run_gpus(connection, file.run_id, gpus)
-                    save_cursor(connection, new, now)
-                file.cursor = new
-                stats.points += written
-                commits += 1
-            stats.lines += len(result.lines)
-            stats.skipped_lines += result.skipped
-            if not result.more:
-                return commits
+        new = dataclasses.replace(
+            row,
+            device=result.cursor.device,
+            inode=result.cursor.inode,
+            offset=result.cursor.offset,
+            fingerprint=result.cursor.fingerprint,
+            skipping=result.cursor.skipping,
+            skipped_lines=(0 if result.restarted else row.skipped_lines) + result.skipped,
+            counters=counters,
+            parser_state=None if state is None else _dump_state(state),
+        )
+        return result, points, gpus, new, now
 
     def _log_points(
         self,
@@ -434,16 +477,20 @@ class LogIngester:
         *,
         flush: bool,
     ) -> list[Row]:
-        parsed: list[ParsedValue] = []
+        """Return the rows of the metric values in these lines (each made as it is parsed)."""
+        points: list[Row] = []
         parse = self.parser.parse
         failed: list[tuple[str, Exception]] = []
         for raw in result.lines:
             line = clean(raw)
             if line and not line.isspace():
                 try:
-                    parsed.extend(parse(line, state))
+                    values = parse(line, state)
                 except Exception as exc:  # a parser bug must not block the file forever
                     failed.append((line, exc))
+                    continue
+                if values:
+                    self._rows(values, counters, now, points)
         if failed:
             line, error = failed[0]
             log.warning(
@@ -455,20 +502,29 @@ class LogIngester:
                 error,
             )
         if flush:
-            parsed.extend(self.parser.flush(state))
-        points: list[Row] = []
-        for value in parsed:
-            if len(value.name) > MAX_NAME or not value.name.isprintable():  # NUL, surrogates
+            self._rows(self.parser.flush(state), counters, now, points)
+        return points
+
+    def _rows(
+        self,
+        values: Iterable[ParsedValue],
+        counters: dict[str, int],
+        now: datetime,
+        points: list[Row],
+    ) -> None:
+        """Append the rows of these values: a counted step where the line has none."""
+        for value in values:
+            name = value.name
+            if len(name) > MAX_NAME or not name.isprintable():  # NUL, surrogates
                 continue
             step = value.step
             if step is None:
-                step = counters.get(value.name, 0)
-                counters[value.name] = step + 1
+                step = counters.get(name, 0)
+                counters[name] = step + 1
             if not 0 <= step <= MAX_STEP:
                 continue
-            when = now if value.timestamp is None else self._utc(value.timestamp)
-            points.append((value.name, step, value.value, when))
-        return points
+            moment = value.timestamp
+            points.append((name, step, value.value, now if moment is None else self._utc(moment)))
 
     def _utc(self, moment: datetime) -> datetime:
         if moment.tzinfo is None:

@@ -92,7 +92,8 @@ def read_lines(
         budget = max(max_read_bytes, max_line_bytes + 2)
         position, end = start.offset, stat.st_size
         while position < end and position - start.offset < budget:
-            data = os.pread(fd, min(CHUNK_BYTES, end - position), position)
+            size = min(CHUNK_BYTES, end - position, start.offset + budget - position)
+            data = os.pread(fd, size, position)
             if not data:
                 break
             scan.feed(data, position)
