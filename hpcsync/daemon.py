@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -57,6 +58,8 @@ __all__ = [
 ]
 """The builders and one-shot commands live in hpcsync.oneshot; cli and views find them here."""
 
+LOG_WAKE_SECONDS = 0.5
+"""After an inotify event the log tick runs this much later; events until then join that read."""
 RESTART_KEYS = ("database", "state_dir", "cluster_name")
 """Settings a reload does not change: the daemon keeps its database and cluster until restarted."""
 
@@ -90,6 +93,8 @@ class Daemon:
         self._leadership: Leadership | None = None
         self._leader = False
         self._standby_logged = False
+        self._log_wake = threading.Lock()
+        self._log_wake_due = False
         interval = self.settings.slurm.poll_interval
         self._backoff = Backoff(interval, self.settings.slurm.max_backoff)
         self._watchdog = Watchdog(
@@ -122,7 +127,7 @@ class Daemon:
             lock.acquire()  # SQLite: a second daemon on the file refuses to start
             self._leadership = lock
         self._repository = open_repository(self.settings)
-        self._ingester = build_ingester(self.settings, self._repository)
+        self._ingester = build_ingester(self.settings, self._repository, self._logs_changed)
         log.info(
             "hpcsync starting: database %s, poll every %.0f s%s",
             masked_url(self.settings.database_url),
@@ -186,6 +191,7 @@ class Daemon:
                 self._poll()
         finally:
             self._watchdog.tick()
+            self._logs_read()  # a wake that came while the cycle held the lock
 
     def _poll(self) -> None:
         if not self._backoff.ready():
@@ -254,7 +260,7 @@ class Daemon:
         self._tracker = None
         assert self._ingester is not None and self._repository is not None
         self._ingester.close()
-        self._ingester = build_ingester(self.settings, self._repository)
+        self._ingester = build_ingester(self.settings, self._repository, self._logs_changed)
         notify(status("standby: lost the leader lock"))
 
     def _leadership_name(self) -> str:
@@ -287,6 +293,27 @@ class Daemon:
             log.warning("reading logs failed, retrying next tick: %s", exc)
             return None
 
+    def _logs_changed(self) -> None:
+        """From the inotify thread: bring the log tick forward to LOG_WAKE_SECONDS from now."""
+        with self._log_wake:
+            if self._log_wake_due or self._jobs is None or self._stop.is_set():
+                return
+            self._log_wake_due = True
+        due = datetime.now(UTC) + timedelta(seconds=LOG_WAKE_SECONDS)
+        try:
+            self._jobs.modify_job("logs", next_run_time=due)
+        except Exception as exc:  # the scheduler is shutting down, or the job is gone
+            log.debug("log tick not brought forward: %s", exc)
+            with self._log_wake:
+                self._log_wake_due = False
+
+    def _logs_read(self) -> None:
+        """After a read: allow the next wake, and wake now for events that came during it."""
+        with self._log_wake:
+            self._log_wake_due = False
+        if self._ingester is not None and self._ingester.watcher.pending():
+            self._logs_changed()
+
     def read_logs(self) -> None:
         """The log tick between polls: read the files that grew; never raises."""
         if self._stop.is_set() or self._ingester is None or not self._leader:
@@ -306,6 +333,7 @@ class Daemon:
             return
         finally:
             self._cycle_lock.release()
+            self._logs_read()
         if stats.points:
             log.info("%s", stats.summary())
 

@@ -54,14 +54,20 @@ def build_tracker(
     )
 
 
-def build_ingester(settings: Settings, repository: Repository) -> LogIngester:
-    """Return a log ingester for the configured roots and observer; raises ConfigError."""
+def build_ingester(
+    settings: Settings, repository: Repository, on_change: Callable[[], None] | None = None
+) -> LogIngester:
+    """Return a log ingester for the configured roots and observer; raises ConfigError.
+
+    `on_change` is called (from the inotify thread) when a file under inotify changes.
+    """
     return LogIngester(
         repository,
         roots=settings.logs.roots,
         observer=settings.logs.observer,
         max_line_bytes=settings.logs.max_line_bytes,
         patterns=settings.logs.patterns,
+        on_change=on_change,
     )
 
 

@@ -58,6 +58,7 @@ NETWORK_FILESYSTEMS = frozenset(
 """Filesystems whose remote writes raise no local inotify event (plus every `fuse.*`)."""
 
 _Signature = tuple[int, int, int, int] | None
+_NOT_A_CHANGE = frozenset({"opened", "closed_no_write"})
 _SAMPLE_NAME = re.compile(r"hpcsync-(\d+(?:_\d+)?)-.+\.gpu\.jsonl")
 _ID_TOKEN = re.compile(r"(?<!\d)(\d+(?:_\d+)?)(?!\d)")
 
@@ -279,6 +280,11 @@ class Watcher:
                 self._signatures[path] = signature
         return found
 
+    def pending(self) -> bool:
+        """True when an inotify event marked a file since the last `changed()`."""
+        with self._lock:
+            return bool(self._dirty)
+
     def mark(self, path: str) -> None:
         """Record a change of a registered file (called from the inotify thread)."""
         with self._lock:
@@ -320,6 +326,14 @@ class Watcher:
     def _watch(self, directory: str) -> bool:
         """Start an inotify watch on a directory; False (with one log line) if it cannot."""
         try:
+            from watchdog.events import (
+                FileClosedEvent,
+                FileCreatedEvent,
+                FileDeletedEvent,
+                FileModifiedEvent,
+                FileMovedEvent,
+            )
+
             if self._inotify is None:
                 from watchdog.observers.inotify import InotifyObserver
 
@@ -327,7 +341,18 @@ class Watcher:
                 observer.daemon = True
                 observer.start()
                 self._inotify = observer
-            watch = self._inotify.schedule(_Handler(self, directory), directory, recursive=False)
+            # Writes, creations, renames and deletions only: the kernel then never reports the
+            # opens and closes of hpcsync's own reads, which would wake it to read again.
+            events = [
+                FileModifiedEvent,
+                FileCreatedEvent,
+                FileMovedEvent,
+                FileDeletedEvent,
+                FileClosedEvent,
+            ]
+            watch = self._inotify.schedule(
+                _Handler(self, directory), directory, recursive=False, event_filter=events
+            )
         except (OSError, ImportError) as exc:
             log.warning("cannot watch %s with inotify (%s); polling it instead", directory, exc)
             return False
@@ -344,7 +369,9 @@ class _Handler:
         self.directory = directory
 
     def dispatch(self, event: Any) -> None:
-        """Mark the event's source and destination paths."""
+        """Mark the event's source and destination paths (not for an open or a read's close)."""
+        if event.event_type in _NOT_A_CHANGE:
+            return
         for attribute in ("src_path", "dest_path"):
             raw = getattr(event, attribute, "")
             if raw:

@@ -125,6 +125,34 @@ def test_inotify_sees_a_growing_file(tmp_path: Path, watchers: list[Watcher]) ->
         watcher_module._signature = original
 
 
+def test_reading_a_file_is_not_a_change_and_a_write_calls_on_change(
+    tmp_path: Path, watchers: list[Watcher]
+) -> None:
+    path = tmp_path / "slurm-3.out"
+    path.write_text("loss=1\n")
+    calls: list[float] = []
+    watcher = Watcher("inotify", rescan_seconds=3600, on_change=lambda: calls.append(1.0))
+    watchers.append(watcher)
+    sentinel = tmp_path / "slurm-4.out"
+    watcher.add(str(path))
+    watcher.add(str(sentinel))
+    watcher.changed()
+    for _ in range(20):  # hpcsync's own reads: open, read, close without writing
+        path.read_text()
+    # A write after the reads; once its event is in, the reads' events would be in too.
+    _grow(sentinel, "x=1\n")
+    found = _wait_for(watcher, str(sentinel))
+    time.sleep(0.2)  # the write's close event follows its modify event
+    found |= watcher.changed()
+    assert found == {str(sentinel)}
+    assert len(calls) >= 1
+    assert not watcher.pending()
+
+    _grow(path, "loss=2\n")
+    assert _wait_for(watcher, str(path)) == {str(path)}
+    assert len(calls) >= 2
+
+
 def test_inotify_sees_a_file_created_after_registration(
     tmp_path: Path, watchers: list[Watcher]
 ) -> None:
