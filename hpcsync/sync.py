@@ -69,6 +69,9 @@ class JobTracker:
         self.final_attempts = final_attempts
         self._live: dict[str, Run] = {}
         self._settled: set[tuple[str, datetime | None, int]] = set()
+        # squeue jobs that changed nothing last cycle, with the live run they were applied to:
+        # the same (immutable) Job against the same Run gives the same nothing again.
+        self._quiet: dict[str, tuple[Job, Run]] = {}
         self._attempts: dict[str, int] = {}
         self._last_seen_written: datetime | None = None
         self._last_seen: datetime | None = None
@@ -122,7 +125,10 @@ class JobTracker:
         stats.jobs = len(jobs)
         visible = {job.job_id for job in jobs}
         self._settled = {key for key in self._settled if key[0] in visible}
-        self._apply(jobs, from_accounting=False, stats=stats)
+        quiet, self._quiet = self._quiet, {}
+        fresh = [job for job in jobs if not self._still_quiet(job, quiet)]
+        stats.tracked += len(jobs) - len(fresh)
+        self._apply(fresh, from_accounting=False, stats=stats)
 
         wanted = [
             job_id
@@ -141,6 +147,14 @@ class JobTracker:
         self._note_seen()
         stats.seconds = time.monotonic() - began
         return stats
+
+    def _still_quiet(self, job: Job, quiet: dict[str, tuple[Job, Run]]) -> bool:
+        """True for the very Job object that changed nothing last cycle, its run unchanged."""
+        last = quiet.get(job.job_id)
+        if last is None or last[0] is not job or self._live.get(job.job_id) is not last[1]:
+            return False
+        self._quiet[job.job_id] = last
+        return True
 
     def _apply(self, jobs: Iterable[Job], *, from_accounting: bool, stats: CycleStats) -> None:
         now = self.clock()
@@ -179,6 +193,8 @@ class JobTracker:
             # Only accounting's own terminal record is final: it carries the exit code.
             final = from_accounting and job.state.is_terminal and run.job.state.is_terminal
             if run == previous and not final:
+                if not from_accounting and previous is self._live.get(job.job_id):
+                    self._quiet[job.job_id] = (job, previous)
                 continue
             changes.append((run, final, events))
         if not changes:

@@ -17,10 +17,11 @@ from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job
 from hpcsync.slurm import formats
 from hpcsync.slurm.parsers import (
+    SqueueLines,
     parse_cluster_name,
     parse_config_value,
     parse_sacct,
-    parse_squeue,
+    parse_squeue_reusing,
     parse_version,
     selected_by,
 )
@@ -72,6 +73,7 @@ class CliScheduler:
         self.env = {**(os.environ if env is None else env), "SLURM_TIME_FORMAT": "standard"}
         self.calls: Counter[str] = Counter()
         self._config: str | None = None
+        self._squeue_lines: SqueueLines = {}
 
     def cluster_name(self) -> str:
         """Return ClusterName from `scontrol show config` (asked once, then remembered)."""
@@ -88,7 +90,8 @@ class CliScheduler:
     def list_jobs(self) -> list[Job]:
         """Return every job and array task the controller holds, from one squeue call."""
         text = self._run("squeue", ["-a", "-r", "-t", "all", "-h", "-O", formats.squeue_format()])
-        return parse_squeue(text, self.tz)
+        jobs, self._squeue_lines = parse_squeue_reusing(text, self.tz, self._squeue_lines)
+        return jobs
 
     def job_history(self, job_ids: Sequence[str]) -> list[Job]:
         """Return sacct's records of these jobs (`10` selects all tasks of array 10), in one call."""

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, tzinfo
+from typing import Any
 
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job, JobState
@@ -196,7 +199,7 @@ class _Row:
     def gpus(self, name: str) -> tuple[int | None, str | None]:
         """Return (count, type) of GPUs in a TRES/GRES field."""
         try:
-            return parse_gpus(self.fields[name])
+            return _cached_gpus(self.fields[name])
         except ValueError:
             raise self.error(name, "has a bad GPU count") from None
 
@@ -218,21 +221,22 @@ class _Row:
 def _rows(program: str, text: str, names: tuple[str, ...], trailing: bool) -> Iterator[_Row]:
     """Yield each non-blank line split into the named fields, the last keeping any `|` inside it."""
     for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        body = line
-        if trailing:
-            if not body.endswith("|"):
-                raise SchedulerUnavailable(
-                    f"{program} line {lineno}: no trailing '|' after Comment"
-                )
-            body = body[:-1]
-        parts = body.split("|", len(names) - 1)
-        if len(parts) != len(names):
-            raise SchedulerUnavailable(
-                f"{program} line {lineno}: expected {len(names)} fields, got {len(parts)}"
-            )
-        yield _Row(program, lineno, dict(zip(names, parts, strict=True)))
+        if line.strip():
+            yield _row(program, lineno, line, names, trailing)
+
+
+def _row(program: str, lineno: int, line: str, names: tuple[str, ...], trailing: bool) -> _Row:
+    body = line
+    if trailing:
+        if not body.endswith("|"):
+            raise SchedulerUnavailable(f"{program} line {lineno}: no trailing '|' after Comment")
+        body = body[:-1]
+    parts = body.split("|", len(names) - 1)
+    if len(parts) != len(names):
+        raise SchedulerUnavailable(
+            f"{program} line {lineno}: expected {len(names)} fields, got {len(parts)}"
+        )
+    return _Row(program, lineno, dict(zip(names, parts, strict=True)))
 
 
 def _mb(value: float | None) -> int | None:
@@ -255,9 +259,36 @@ def parse_squeue(text: str, tz: tzinfo) -> list[Job]:
     return jobs
 
 
+SqueueLines = dict[str, tuple[Job, ...]]
+"""The jobs of each squeue line, by the line's text."""
+
+
+def parse_squeue_reusing(
+    text: str, tz: tzinfo, known: SqueueLines
+) -> tuple[list[Job], SqueueLines]:
+    """Return what `parse_squeue` does, and the jobs of each line to pass in as `known` next time.
+
+    A line found unchanged in `known` is not parsed again: in a steady cycle, nearly every line
+    (a pending or held job) is the same text as in the last one. Jobs are immutable, so the
+    reused ones are the same as parsing again would give.
+    """
+    jobs: list[Job] = []
+    lines: SqueueLines = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        parsed = known.get(line)
+        if parsed is None:
+            if not line.strip():
+                continue
+            row = _row("squeue", lineno, line, formats.SQUEUE_FIELDS, trailing=True)
+            parsed = tuple(_squeue_jobs(row, tz))
+        lines[line] = parsed
+        jobs.extend(parsed)
+    return jobs, lines
+
+
 def _squeue_jobs(row: _Row, tz: tzinfo) -> list[Job]:
     """Return the job (or, for an unexpanded array range, the tasks) on one squeue line."""
-    state = JobState.parse(row.fields["State"])
+    state = _cached_state(row.fields["State"])
     node_list = row.text("NodeList")
     num_cpus = row.optional_integer("NumCPUs")
     mem = _mb(_tres_mem(row, "tres-alloc"))
@@ -269,69 +300,90 @@ def _squeue_jobs(row: _Row, tz: tzinfo) -> list[Job]:
         num_gpus, gpu_type = row.gpus("tres-per-node")
         if num_gpus is not None and num_nodes:
             num_gpus *= num_nodes
-    job = Job(
-        job_id=row.text("JobArrayID") or str(row.integer("JobID")),
-        job_id_raw=row.integer("JobID"),
-        state=state,
-        name=row.fields["Name"].strip(),
-        state_reason=row.text("Reason"),
-        user_name=row.text("UserName"),
-        account=row.text("Account"),
-        partition=row.text("Partition"),
-        node_list=node_list,
-        num_nodes=num_nodes,
-        num_cpus=num_cpus,
-        mem_mb=mem,
-        num_gpus=num_gpus,
-        gpu_type=gpu_type,
-        submitted_at=row.time("SubmitTime", tz),
-        started_at=_started(state, node_list, row.time("StartTime", tz)),
-        ended_at=row.time("EndTime", tz) if state.is_terminal else None,
-        work_dir=row.text("WorkDir"),
-        restarts=row.optional_integer("RestartCnt"),
-        comment=row.text("Comment"),
-    )
+    values: dict[str, Any] = {
+        "job_id": row.text("JobArrayID") or str(row.integer("JobID")),
+        "job_id_raw": row.integer("JobID"),
+        "state": state,
+        "name": sys.intern(row.fields["Name"].strip()),
+        "state_reason": _shared(row.text("Reason")),
+        "user_name": _shared(row.text("UserName")),
+        "account": _shared(row.text("Account")),
+        "partition": _shared(row.text("Partition")),
+        "node_list": _shared(node_list),
+        "num_nodes": num_nodes,
+        "num_cpus": num_cpus,
+        "mem_mb": mem,
+        "num_gpus": num_gpus,
+        "gpu_type": gpu_type,
+        "submitted_at": row.time("SubmitTime", tz),
+        "started_at": _started(state, node_list, row.time("StartTime", tz)),
+        "ended_at": row.time("EndTime", tz) if state.is_terminal else None,
+        "work_dir": _shared(row.text("WorkDir")),
+        "restarts": row.optional_integer("RestartCnt"),
+        "comment": row.text("Comment"),
+    }
     if row.text("ArrayTaskID") is None:
-        return [_with_paths(job, row)]
+        return [_with_paths(Job(**values), row)]
     array_job_id = row.integer("ArrayJobID")
-    tasks = row.tasks("ArrayTaskID")
-    return [
-        _with_paths(
-            dataclasses.replace(
-                job, job_id=f"{array_job_id}_{task}", array_job_id=array_job_id, array_task_id=task
-            ),
-            row,
-        )
-        for task in tasks
-    ]
+    values["array_job_id"] = array_job_id
+    jobs = []
+    for task in row.tasks("ArrayTaskID"):
+        values["job_id"] = f"{array_job_id}_{task}"
+        values["array_task_id"] = task
+        jobs.append(_with_paths(Job(**values), row))
+    return jobs
+
+
+def _shared(text: str | None) -> str | None:
+    """Return one shared copy of a text that thousands of jobs repeat (user, partition, ...)."""
+    # The tracker holds every live job: 10,000 copies of the same words are megabytes.
+    return None if text is None else sys.intern(text)
 
 
 def _tres_mem(row: _Row, name: str) -> float | None:
     """Return the `mem=` of a TRES field in MB."""
-    tres = parse_tres(row.fields[name])
-    if "mem" not in tres:
-        return None
     try:
-        return parse_size_mb(tres["mem"])
+        return _tres_mem_mb(row.fields[name])
     except ValueError:
         raise row.error(name, "has a bad mem=") from None
 
 
+# A poll parses the same few TRES, GRES and state texts for thousands of jobs: remember them.
+_CACHE_SIZE = 512
+_cached_gpus = functools.lru_cache(maxsize=_CACHE_SIZE)(parse_gpus)
+_cached_state = functools.lru_cache(maxsize=_CACHE_SIZE)(JobState.parse)
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _tres_mem_mb(text: str) -> float | None:
+    """Return the `mem=` of a TRES text in MB, None without one; ValueError if it is no size."""
+    tres = parse_tres(text)
+    return parse_size_mb(tres["mem"]) if "mem" in tres else None
+
+
 def _with_paths(job: Job, row: _Row) -> Job:
-    """Return the job with its STDOUT/STDERR patterns expanded, fixing squeue's array default."""
+    """Return the new job with its STDOUT/STDERR patterns expanded, fixing squeue's array default."""
     # squeue prints `<work_dir>/slurm-<raw id>.out` for a batch job without --output, but an
     # array task writes `slurm-%A_%a.out`.
     squeue_default = f"{job.work_dir}/slurm-{job.job_id_raw}.out"
     paths: list[str | None] = []
     for name in ("STDOUT", "STDERR"):
         raw = row.text(name)
-        if raw is None:
+        if paths and raw == row.text("STDOUT"):
+            paths.append(paths[0])  # StdErr is usually StdOut: expand it once
+        elif raw is None:
             paths.append(None)
         elif raw == squeue_default:
             paths.append(default_output(job))
+        elif raw[0] == "/" and "%" not in raw and "\\" not in raw:
+            paths.append(raw)  # what expand_pattern returns for a plain absolute path
         else:
             paths.append(expand_pattern(raw, job))
-    return dataclasses.replace(job, stdout_path=paths[0], stderr_path=paths[1])
+    # The job was made by the caller and nobody else holds it yet: set the paths in place
+    # rather than copy its 30 fields (a copy per job was a fifth of a 10,000-job poll).
+    object.__setattr__(job, "stdout_path", paths[0])
+    object.__setattr__(job, "stderr_path", paths[1])
+    return job
 
 
 def parse_sacct(text: str, tz: tzinfo) -> list[Job]:
@@ -369,7 +421,7 @@ def parse_sacct(text: str, tz: tzinfo) -> list[Job]:
 
 def _sacct_jobs(row: _Row, tz: tzinfo) -> list[Job]:
     """Return the job (or, for a pending array range, the tasks) on one sacct allocation line."""
-    state = JobState.parse(row.fields["State"])
+    state = _cached_state(row.fields["State"])
     exit_code, exit_signal = _exit_code(row)
     node_list = row.text("NodeList")
     num_cpus = row.optional_integer("NCPUS")

@@ -20,6 +20,7 @@ from hpcsync.slurm.parsers import (
     parse_sacct,
     parse_size_mb,
     parse_squeue,
+    parse_squeue_reusing,
     parse_time,
     parse_version,
 )
@@ -258,6 +259,30 @@ def test_squeue_garbage_raises_scheduler_unavailable(line: str, message: str) ->
 
 
 # --- sacct edge cases ------------------------------------------------------------------------
+
+
+def test_squeue_reusing_parses_only_lines_that_changed() -> None:
+    captured = (Path(__file__).parent.parent / "fixtures/slurm/squeue_mixed.txt").read_text()
+    jobs, lines = parse_squeue_reusing(captured, UTC, {})
+    assert jobs == parse_squeue(captured, UTC) and len(jobs) >= 10
+
+    first, *rest = captured.splitlines()
+    fields = first.split("|")
+    fields[formats.SQUEUE_FIELDS.index("Name")] = "renamed"
+    changed = "|".join(fields)
+    new_line = squeue_line(JobID="999", JobArrayID="999", ArrayJobID="999")
+    text = "\n".join([changed, *rest[1:], new_line]) + "\n"
+    again, reused = parse_squeue_reusing(text, UTC, lines)
+    assert again == parse_squeue(text, UTC)
+    assert set(reused) == {line for line in text.splitlines() if line}
+    for line in rest[1:]:
+        assert all(
+            a is b for a, b in zip(reused[line], lines[line], strict=True)
+        )  # not parsed again
+    assert reused[new_line][0].job_id == "999"
+    assert reused[changed][0].name == "renamed"
+    with pytest.raises(SchedulerUnavailable, match="squeue line 2"):
+        parse_squeue_reusing(f"{rest[1]}\nbroken\n", UTC, lines)
 
 
 def test_sacct_steps_fold_into_their_job() -> None:

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from hpcsync import sync as sync_module
 from hpcsync.db.repository import Repository
 from hpcsync.errors import SchedulerUnavailable
 from hpcsync.models import Job, JobState, RunStatus
@@ -113,6 +114,41 @@ def test_a_steady_cycle_writes_nothing(
     clock.advance(30)
     stats = tracker.cycle()
     assert (stats.changed, writes) == (0, [])
+
+
+def test_a_steady_cycle_applies_only_the_jobs_that_changed(
+    slurm: FakeScheduler,
+    tracker: JobTracker,
+    repository: Repository,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slurm.add(*(job(str(n)) for n in range(1, 21)))
+    tracker.cycle()
+    tracker.cycle()  # the first steady cycle learns which jobs changed nothing
+    observed: list[str] = []
+    real_observe = sync_module.observe
+
+    def counting(previous, job, *args):  # type: ignore[no-untyped-def]
+        observed.append(job.job_id)
+        return real_observe(previous, job, *args)
+
+    monkeypatch.setattr(sync_module, "observe", counting)
+    clock.advance(30)
+    stats = tracker.cycle()
+    assert (observed, stats.changed, stats.tracked) == ([], 0, 20)
+
+    slurm.update("7", state=JobState.RUNNING, started_at=T0 + timedelta(seconds=40))
+    clock.advance(30)
+    stats = tracker.cycle()
+    assert (observed, stats.changed) == (["7"], 1)
+    row = repository.find_run("7")
+    assert row is not None and row["slurm_state"] == "RUNNING"
+    observed.clear()
+    stats = tracker.cycle()  # "7" changed last cycle: applied once more, then quiet
+    assert (observed, stats.changed) == (["7"], 0)
+    observed.clear()
+    assert (tracker.cycle().changed, observed) == (0, [])
 
 
 def test_untagged_jobs_are_absent_unless_asked_for(
