@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect
@@ -243,3 +246,27 @@ def test_an_update_without_usage_keeps_the_stored_usage(repository: Repository) 
 
 def _run_fields(run: Run) -> dict[str, object]:
     return {name: getattr(run, name) for name in run.__dataclass_fields__}
+
+
+def test_the_head_revision_is_the_scripts_and_alembic_loads_only_to_migrate(
+    repository: Repository, tmp_path: Path
+) -> None:
+    from alembic.runtime.migration import MigrationContext
+
+    assert schema.head_revision() == schema.script_head_revision()
+    with repository.engine.connect() as connection:
+        by_alembic = MigrationContext.configure(connection).get_current_revision()
+    assert schema.current_revision(repository.engine) == by_alembic == schema.head_revision()
+
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    program = (
+        "import sys\n"
+        "from hpcsync.db.repository import Repository\n"
+        f"repository = Repository.from_url({url!r})\n"
+        "print(repository.ensure_schema(), 'alembic' in sys.modules)\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert [run.stdout.split() for run in runs] == [["True", "True"], ["False", "False"]], runs
