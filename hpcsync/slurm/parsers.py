@@ -8,6 +8,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, tzinfo
+from hashlib import blake2b
 from typing import Any
 
 from hpcsync.errors import SchedulerUnavailable
@@ -259,8 +260,8 @@ def parse_squeue(text: str, tz: tzinfo) -> list[Job]:
     return jobs
 
 
-SqueueLines = dict[str, tuple[Job, ...]]
-"""The jobs of each squeue line, by the line's text."""
+SqueueLines = dict[bytes, tuple[Job, ...]]
+"""The jobs of each squeue line, by a 128-bit hash of the line's text (smaller than the text)."""
 
 
 def parse_squeue_reusing(
@@ -275,13 +276,14 @@ def parse_squeue_reusing(
     jobs: list[Job] = []
     lines: SqueueLines = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
-        parsed = known.get(line)
+        key = blake2b(line.encode(), digest_size=16).digest()
+        parsed = known.get(key)
         if parsed is None:
             if not line.strip():
                 continue
             row = _row("squeue", lineno, line, formats.SQUEUE_FIELDS, trailing=True)
             parsed = tuple(_squeue_jobs(row, tz))
-        lines[line] = parsed
+        lines[key] = parsed
         jobs.extend(parsed)
     return jobs, lines
 
