@@ -126,7 +126,7 @@ class Daemon:
         if isinstance(lock, FileLock):
             lock.acquire()  # SQLite: a second daemon on the file refuses to start
             self._leadership = lock
-        self._repository = open_repository(self.settings)
+        self._repository = open_repository(self.settings, migrate_in_child=True)
         self._ingester = build_ingester(self.settings, self._repository, self._logs_changed)
         log.info(
             "hpcsync starting: database %s, poll every %.0f s%s",

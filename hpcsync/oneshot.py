@@ -20,13 +20,17 @@ from hpcsync.sync import CycleStats, JobTracker, utc_now
 log = logging.getLogger(__name__)
 
 
-def open_repository(settings: Settings) -> Repository:
-    """Return a repository on the configured database, its schema created or migrated."""
+def open_repository(settings: Settings, *, migrate_in_child: bool = False) -> Repository:
+    """Return a repository on the configured database, its schema created or migrated.
+
+    `migrate_in_child` (the daemon) migrates from a short-lived process, keeping Alembic out of
+    a process that runs for months.
+    """
     url = settings.database_url
     if not settings.database.url:
         Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
     repository = Repository.from_url(url, settings.database.connect_timeout)
-    if repository.ensure_schema():
+    if repository.ensure_schema(in_child=migrate_in_child):
         log.info("database %s: schema created or migrated", masked_url(url))
     return repository
 

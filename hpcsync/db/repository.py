@@ -134,11 +134,17 @@ class Repository(RunQueries):
             self._experiment_ids.clear()
             raise StorageError(f"database error: {_first_line(exc)}") from exc
 
-    def ensure_schema(self) -> bool:
-        """Apply migrations when the database is empty or behind; return True if it changed."""
+    def ensure_schema(self, *, in_child: bool = False) -> bool:
+        """Apply migrations when the database is empty or behind; return True if it changed.
+
+        `in_child` migrates from a spawned process, so this one never imports Alembic.
+        """
         if schema.current_revision(self.engine) == schema.head_revision():
             return False
-        schema.upgrade(self.engine)
+        if in_child:
+            schema.upgrade_in_child(self.engine.url.render_as_string(hide_password=False))
+        else:
+            schema.upgrade(self.engine)
         return True
 
     def dispose(self) -> None:

@@ -6,6 +6,9 @@ loads it (11 MB of a long-lived process's memory).
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Column, Engine, MetaData, String, Table, inspect, select
@@ -58,6 +61,30 @@ def current_revision(engine: Engine) -> str | None:
     if len(found) > 1:
         raise StorageError(f"the schema has several versions at once: {', '.join(found)}")
     return found[0] if found else None
+
+
+def upgrade_in_child(url: str) -> None:
+    """Migrate `url` to the head from a short-lived spawned process; raises StorageError.
+
+    For the daemon, which runs for months: Alembic is needed once, on the first start after an
+    install or upgrade, and once imported its modules would stay in its memory for good.
+    """
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            pool.submit(_upgrade_url, url).result()
+    except BrokenProcessPool as exc:
+        raise StorageError(f"schema upgrade failed: the migrating process died ({exc})") from exc
+
+
+def _upgrade_url(url: str) -> None:
+    from hpcsync.db.repository import create_db_engine
+
+    engine = create_db_engine(url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

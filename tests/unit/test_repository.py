@@ -258,15 +258,29 @@ def test_the_head_revision_is_the_scripts_and_alembic_loads_only_to_migrate(
         by_alembic = MigrationContext.configure(connection).get_current_revision()
     assert schema.current_revision(repository.engine) == by_alembic == schema.head_revision()
 
-    url = f"sqlite:///{tmp_path / 'fresh.db'}"
-    program = (
-        "import sys\n"
-        "from hpcsync.db.repository import Repository\n"
-        f"repository = Repository.from_url({url!r})\n"
-        "print(repository.ensure_schema(), 'alembic' in sys.modules)\n"
-    )
-    runs = [
-        subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True)
-        for _ in range(2)
-    ]
-    assert [run.stdout.split() for run in runs] == [["True", "True"], ["False", "False"]], runs
+    def ensure(name: str, argument: str) -> list[str]:
+        url = f"sqlite:///{tmp_path / name}"
+        program = (
+            "import sys\n"
+            "from hpcsync.db.repository import Repository\n"
+            f"repository = Repository.from_url({url!r})\n"
+            f"print(repository.ensure_schema({argument}), 'alembic' in sys.modules)\n"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", program], check=False, capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return run.stdout.split()
+
+    assert ensure("here.db", "") == ["True", "True"]
+    assert ensure("here.db", "") == ["False", "False"]  # at the head: Alembic is not imported
+    assert ensure("child.db", "in_child=True") == ["True", "False"]  # migrated by a child
+    assert ensure("child.db", "") == ["False", "False"]
+    child = Repository.from_url(f"sqlite:///{tmp_path / 'child.db'}")
+    assert schema.current_revision(child.engine) == schema.head_revision()
+    child.dispose()
+
+
+def test_a_migration_that_fails_in_the_child_raises_storage_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match="schema upgrade failed"):
+        schema.upgrade_in_child(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
