@@ -2,13 +2,11 @@
 
     python -m bench.freshness [--trials 6] [--interval 5] [--poll 5] [--no-cluster]
 
-Log lines. A live run's log gets a metric line at a random moment; a reader polls the
-database every 10 ms for its row. The ingestion is the real `LogIngester` driven the way the
-daemon's `logs` tick drives it, every `logs.poll_interval` (`--interval`) seconds:
-- `polling`: stat() polling observer, one `ingest()` per tick;
-- `inotify`: inotify observer, still one `ingest()` per tick (what `hpcsync run` does now);
-- `inotify, woken`: the tick also runs as soon as the watcher reports a change (the
-  `Watcher(on_change=...)` hook), which is what the 2 s target needs.
+Log lines. `hpcsync run` runs on fake Slurm programs that show 100 tagged jobs, 10 of them
+running with their own log files, with `logs.observer` set to `polling` or `inotify` and
+`logs.poll_interval = --interval`. One live log gets a metric line at a random moment; the
+benchmark polls the database every 10 ms for its row. Under inotify the daemon's log tick is
+brought forward by the watcher's events; under polling it runs every `logs.poll_interval`.
 The figure is the worst of the trials (their median in the note).
 
 State changes (test cluster): `hpcsync run` with `slurm.poll_interval = --poll` tracks a held
@@ -25,17 +23,19 @@ import random
 import sqlite3
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import daemon
 from bench.common import Figure, median_of, spread, wait_for
 from bench.polling import testbed_env
+from bench.slurm_output import install_programs, write_outputs
 
-MODES = ("polling", "inotify", "inotify, woken")
+MODES = ("polling", "inotify")
+JOBS = 100
+LIVE = 10
+"""Fake Slurm shows JOBS tagged jobs, LIVE of them running, each with its own log file."""
 
 
 def _metric_row(database: Path, name: str, step: int) -> Callable[[], bool]:
@@ -43,57 +43,45 @@ def _metric_row(database: Path, name: str, step: int) -> Callable[[], bool]:
 
     def present() -> bool:
         query = "SELECT 1 FROM metrics WHERE name = ? AND step = ?"
-        return connection.execute(query, (name, step)).fetchone() is not None
+        try:
+            return connection.execute(query, (name, step)).fetchone() is not None
+        except sqlite3.OperationalError:  # the daemon has not made the schema yet
+            return False
 
     return present
 
 
 def log_freshness(mode: str, trials: int, interval: float) -> list[float]:
-    """Return the seconds from each appended line to its visible row, in one observer mode."""
-    from hpcsync.db.repository import Repository
-    from hpcsync.ingest import LogIngester
-    from hpcsync.logs.watcher import Watcher
-    from hpcsync.models import Job, JobState, Run, RunStatus
-
+    """Return the seconds from each appended line to its visible row, under `hpcsync run`."""
     rng = random.Random(42)
     with tempfile.TemporaryDirectory(prefix="hpcsync-bench-fresh-", dir="/var/tmp") as name:
         directory = Path(name)
-        log = directory / "slurm-777.out"
-        log.write_text("starting\nstep=0 loss=1.0\n")
+        log_dir = directory / "logs"
+        log_dir.mkdir()
+        made = write_outputs(directory, JOBS, running=LIVE, log_dir=str(log_dir))
+        for job in made[:LIVE]:
+            (log_dir / f"slurm-{job.job_id}.out").write_text("step=0 fresh_loss=1.0\n")
+        log = log_dir / f"slurm-{made[0].job_id}.out"
+        programs = install_programs(directory)
+        env = dict(os.environ)
+        env["PATH"] = str(Path(programs["squeue"]).parent) + os.pathsep + env.get("PATH", "")
+        env.pop("SLURM_CONF", None)
         database = directory / "bench.db"
-        repository = Repository.from_url(f"sqlite:///{database}")
-        repository.ensure_schema()
-        job = Job(
-            job_id="777",
-            job_id_raw=777,
-            state=JobState.RUNNING,
-            stdout_path=str(log),
-            stderr_path=str(log),
-            submitted_at=datetime.now(UTC),
+        config = daemon.write_config(
+            directory / "config.toml",
+            {
+                "": {"state_dir": str(directory / "state"), "cluster_name": "bench"},
+                "database": {"url": f"sqlite:///{database}"},
+                "slurm": {"backend": "cli", "usage_interval": 0},
+                "logs": {"observer": mode, "poll_interval": interval},
+            },
         )
-        run = repository.save_runs(
-            [(Run("bench", "fresh", job, RunStatus.RUNNING), False, [])], datetime.now(UTC)
-        )[0]
-        wake = threading.Event()
-        stop = threading.Event()
-        observer = "polling" if mode == "polling" else "inotify"
-        watcher = Watcher(observer, on_change=wake.set if mode == "inotify, woken" else None)
-        ingester = LogIngester(repository, observer=observer, watcher=watcher)
-        ingester.track([run])
-        ingester.ingest()
-
-        def tick() -> None:
-            # The daemon's `logs` job: every `interval` seconds (woken early in the last mode).
-            while not stop.is_set():
-                wake.wait(interval)
-                wake.clear()
-                if not stop.is_set():
-                    ingester.ingest()
-
-        thread = threading.Thread(target=tick, daemon=True)
-        thread.start()
+        output = directory / "daemon.log"
+        process = daemon.start(config, env, output)
         latencies: list[float] = []
         try:
+            if not wait_for(_metric_row(database, "fresh_loss", 0), 120, step=0.05):
+                raise RuntimeError(f"{mode}: the daemon never read the log:\n{output.read_text()}")
             for trial in range(1, trials + 1):
                 time.sleep(rng.uniform(0.2, interval))
                 present = _metric_row(database, "fresh_loss", trial)
@@ -104,12 +92,10 @@ def log_freshness(mode: str, trials: int, interval: float) -> list[float]:
                     raise RuntimeError(f"{mode}: line {trial} never reached the database")
                 latencies.append(time.monotonic() - written)
         finally:
-            stop.set()
-            wake.set()
-            thread.join(timeout=30)
-            ingester.close()
-            repository.dispose()
-    print(f"  log line, {mode:15s}: {spread(latencies, 2)} s", flush=True)
+            code = daemon.stop(process)
+        if code not in (0, None):
+            raise RuntimeError(f"hpcsync run exited {code}:\n{output.read_text()[-3000:]}")
+    print(f"  log line, {mode:8s}: {spread(latencies, 2)} s", flush=True)
     return latencies
 
 
