@@ -21,6 +21,9 @@ parser state: repeated steps overwrite, the newer value wins, and nothing is dou
 Timestamps: the line's own (naive means local time), else the time of reading; stored in UTC.
 Hostile files (a symlink, a FIFO, a file not the job user's, outside roots and output directories;
 see logs/safe_open.py) are refused: counted, logged once per file and reason, never read.
+A file that failed (refused, or any error but the database's) is retried after a growing wait
+(RETRY_FIRST_SECONDS, doubling up to RETRY_MAX_SECONDS), or at once when the watcher sees it
+change.
 When a run ends (`finish`), its `gpu_util_mean` is written once its files are read to the end.
 """
 
@@ -35,7 +38,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from hpcsync.db.metric_store import (
     CursorRow,
@@ -80,6 +83,10 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 MAX_NAME = 255
+RETRY_FIRST_SECONDS = 10.0
+RETRY_MAX_SECONDS = 300.0
+"""A file that failed to read (refused, permission denied, ...) is retried after 10 s, then
+after twice the last wait, up to 5 minutes; a change the watcher reports retries it at once."""
 MAX_STEP = 2**63 - 1
 
 
@@ -159,6 +166,7 @@ class LogIngester:
         self._by_path: dict[str, set[tuple[int, str]]] = {}
         self._retry: set[tuple[int, str]] = set()
         self._failing: dict[tuple[int, str], str] = {}  # key -> reason last logged
+        self._retry_at: dict[tuple[int, str], tuple[datetime, float]] = {}  # key -> (when, wait)
         self._last_root_scan: datetime | None = None
         self._named: dict[int, tuple[object, ...]] = {}
         self._summaries = PendingSummaries(repository)
@@ -196,7 +204,8 @@ class LogIngester:
     def ingest(self) -> IngestStats:
         """Read the registered files that changed; raises StorageError if the database is down."""
         with self._lock:
-            keys = set(self._retry)
+            now = self.clock()
+            keys = {key for key in self._retry if self._due(key, now)}
             for path in self.watcher.changed():
                 keys.update(self._by_path.get(path, ()))
             stats = self._read_all(sorted(keys), final=False)
@@ -315,6 +324,7 @@ class LogIngester:
     def _forget(self, key: tuple[int, str]) -> None:
         self._files.pop(key, None)
         self._failing.pop(key, None)
+        self._retry_at.pop(key, None)
         keys = self._by_path.get(key[1], set())
         keys.discard(key)
         if not keys:
@@ -364,16 +374,28 @@ class LogIngester:
                 self._failing[key] = reason
                 retry = not (final and gives_up(exc))
                 (self._retry.add if retry else self._retry.discard)(key)
+                if retry and not isinstance(exc, StorageError):  # storage: the daemon backs off
+                    self._back_off(key)
                 what = "refused" if isinstance(exc, RefusedFile) else "failed"
                 what += ", retrying" if retry else ", given up"
                 log.log(level, "job %s: reading %s %s: %s", file.job_id, file.path, what, exc)
                 continue
             self._retry.discard(key)
             self._failing.pop(key, None)
+            self._retry_at.pop(key, None)
         stats.seconds = time.monotonic() - began
         if storage_failures and not commits:
             raise StorageError(f"database unavailable; {len(self._retry)} log files wait")
         return stats
+
+    def _due(self, key: tuple[int, str], now: datetime) -> bool:
+        retry_at = self._retry_at.get(key)
+        return retry_at is None or retry_at[0] <= now
+
+    def _back_off(self, key: tuple[int, str]) -> None:
+        last = self._retry_at.get(key)
+        wait = RETRY_FIRST_SECONDS if last is None else min(2 * last[1], RETRY_MAX_SECONDS)
+        self._retry_at[key] = (self.clock() + timedelta(seconds=wait), wait)
 
     def _read(self, file: _File, stats: IngestStats, *, final: bool) -> int:
         """Read one file to its end, committing points and cursor per chunk; return commits.

@@ -16,7 +16,7 @@ import stat
 import tempfile
 import traceback
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ import pytest
 
 from hpcsync.db.metric_store import load_metrics
 from hpcsync.db.repository import Repository
-from hpcsync.ingest import IngestStats, LogIngester
+from hpcsync.ingest import RETRY_FIRST_SECONDS, IngestStats, LogIngester
 from hpcsync.models import Job, JobState, Run, RunStatus
 
 SUBMITTED = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
@@ -82,11 +82,12 @@ class Setup:
         os.chmod(tmp_path, 0o755)
         os.chmod(self.root, 0o777)
         self.good = _save(repository, "900", _write(self.root / "slurm-900.out", GOOD))
+        self.now = READ_AT
         self.ingester = LogIngester(
             repository,
             roots=[str(self.root)],
             observer="polling",
-            clock=lambda: READ_AT,
+            clock=lambda: self.now,
             local_timezone=UTC,
         )
 
@@ -220,9 +221,12 @@ def test_a_hostile_file_is_refused_counted_and_logged_once(
     bad = _save(setup.repository, "201", stdout)
     with caplog.at_level(logging.WARNING, logger="hpcsync.ingest"):
         stats = setup.ingest(bad)
+        soon = setup.ingest(bad)
+        setup.now += timedelta(seconds=RETRY_FIRST_SECONDS)
         again = setup.ingest(bad)
     assert (stats.refused, stats.failures) == (1, 1)
-    assert again.refused == 1  # tried again while the job runs ...
+    assert soon.refused == 0  # not retried on every tick ...
+    assert again.refused == 1  # ... but tried again while the job runs ...
     warnings = [r.getMessage() for r in caplog.records if "slurm-201.out" in r.getMessage()]
     assert len(warnings) == 1 and reason in warnings[0], warnings  # ... but logged once
     assert _values(setup.repository, bad) == {}

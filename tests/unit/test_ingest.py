@@ -147,8 +147,10 @@ def test_interruption_between_read_and_commit_rereads_the_same_keys(
     repository: Repository,
     tmp_path: Path,
     make_ingester: MakeIngester,
+    *,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
+    clock: Clock,
 ) -> None:
     log_file = tmp_path / "slurm-102.out"
     _write(log_file, "loss=0.9\nloss=0.8\nloss=0.7\n")
@@ -190,7 +192,9 @@ def test_interruption_between_read_and_commit_rereads_the_same_keys(
     assert stats.failures == 1
     assert any("slurm-102.out" in record.getMessage() for record in caplog.records)
     monkeypatch.setattr(ingest_module, "save_cursor", real_save)
-    assert restarted.ingest().points == 1
+    assert restarted.ingest().points == 0  # the retry waits ...
+    clock.now += timedelta(seconds=ingest_module.RETRY_FIRST_SECONDS)
+    assert restarted.ingest().points == 1  # ... its turn
     assert _values(repository, run, "loss")[5] == 0.4
     assert len(_points(repository, run)) == 7
 
@@ -398,6 +402,7 @@ def test_one_failing_file_never_stops_the_others(
     tmp_path: Path,
     make_ingester: MakeIngester,
     caplog: pytest.LogCaptureFixture,
+    clock: Clock,
 ) -> None:
     broken = tmp_path / "slurm-113.out"
     broken.mkdir()  # opens, but every read fails
@@ -413,9 +418,17 @@ def test_one_failing_file_never_stops_the_others(
     assert _values(repository, good_run, "loss") == {1: 1.0}
     assert len([r for r in caplog.records if "slurm-113.out" in r.getMessage()]) == 1
     caplog.clear()
+    waits = []
     with caplog.at_level(logging.WARNING, logger="hpcsync.ingest"):
-        assert ingester.ingest().failures == 1  # retried, logged only once
+        for _ in range(7):
+            assert ingester.ingest().failures == 0  # not retried on every tick
+            wait = 0
+            while not ingester.ingest().failures:  # retried, logged only once
+                clock.now += timedelta(seconds=1)
+                wait += 1
+            waits.append(wait)
     assert caplog.records == []
+    assert waits == [10, 20, 40, 80, 160, 300, 300]
 
 
 def test_database_down_is_raised(
