@@ -142,7 +142,11 @@ class Repository(RunQueries):
         if schema.current_revision(self.engine) == schema.head_revision():
             return False
         if in_child:
-            schema.upgrade_in_child(self.engine.url.render_as_string(hide_password=False))
+            try:
+                schema.upgrade_in_child(self.engine.url.render_as_string(hide_password=False))
+            except schema.NoChildProcess as exc:
+                log.warning("cannot migrate from a child process (%s); migrating in this one", exc)
+                schema.upgrade(self.engine)
         else:
             schema.upgrade(self.engine)
         return True

@@ -63,18 +63,23 @@ def current_revision(engine: Engine) -> str | None:
     return found[0] if found else None
 
 
+class NoChildProcess(Exception):
+    """A migrating child process could not be started, or died before it answered."""
+
+
 def upgrade_in_child(url: str) -> None:
-    """Migrate `url` to the head from a short-lived spawned process; raises StorageError.
+    """Migrate `url` to the head from a short-lived spawned process.
 
     For the daemon, which runs for months: Alembic is needed once, on the first start after an
     install or upgrade, and once imported its modules would stay in its memory for good.
+    Raises StorageError when the migration fails, NoChildProcess when the child cannot run.
     """
-    context = multiprocessing.get_context("spawn")
     try:
+        context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
             pool.submit(_upgrade_url, url).result()
-    except BrokenProcessPool as exc:
-        raise StorageError(f"schema upgrade failed: the migrating process died ({exc})") from exc
+    except (OSError, BrokenProcessPool) as exc:
+        raise NoChildProcess(str(exc) or type(exc).__name__) from exc
 
 
 def _upgrade_url(url: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -284,3 +285,18 @@ def test_the_head_revision_is_the_scripts_and_alembic_loads_only_to_migrate(
 def test_a_migration_that_fails_in_the_child_raises_storage_error(tmp_path: Path) -> None:
     with pytest.raises(StorageError, match="schema upgrade failed"):
         schema.upgrade_in_child(f"sqlite:///{tmp_path / 'missing' / 'x.db'}")
+
+
+def test_without_a_child_process_the_daemon_migrates_in_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_semaphores(_method: str) -> None:
+        raise OSError("[Errno 38] Function not implemented: /dev/shm")
+
+    monkeypatch.setattr(schema.multiprocessing, "get_context", no_semaphores)
+    repository = Repository.from_url(f"sqlite:///{tmp_path / 'here.db'}")
+    with caplog.at_level(logging.WARNING, logger="hpcsync.db.repository"):
+        assert repository.ensure_schema(in_child=True)
+    assert schema.current_revision(repository.engine) == schema.head_revision()
+    assert "cannot migrate from a child process ([Errno 38]" in caplog.text
+    repository.dispose()
