@@ -83,11 +83,11 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 MAX_NAME = 255
+MAX_STEP = 2**63 - 1
 RETRY_FIRST_SECONDS = 10.0
 RETRY_MAX_SECONDS = 300.0
 """A file that failed to read (refused, permission denied, ...) is retried after 10 s, then
 after twice the last wait, up to 5 minutes; a change the watcher reports retries it at once."""
-MAX_STEP = 2**63 - 1
 
 
 def utc_now() -> datetime:

@@ -1,7 +1,7 @@
 """Schema versions: Alembic migrations applied on hpcsync's own engine.
 
 Alembic is imported only to migrate: a daemon whose database is already at HEAD_REVISION never
-loads it (11 MB of a long-lived process's memory).
+loads it (9 to 11 MB of a long-lived process's memory).
 """
 
 from __future__ import annotations

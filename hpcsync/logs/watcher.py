@@ -58,7 +58,6 @@ NETWORK_FILESYSTEMS = frozenset(
 """Filesystems whose remote writes raise no local inotify event (plus every `fuse.*`)."""
 
 _Signature = tuple[int, int, int, int] | None
-_NOT_A_CHANGE = frozenset({"opened", "closed_no_write"})
 _SAMPLE_NAME = re.compile(r"hpcsync-(\d+(?:_\d+)?)-.+\.gpu\.jsonl")
 _ID_TOKEN = re.compile(r"(?<!\d)(\d+(?:_\d+)?)(?!\d)")
 
@@ -369,9 +368,7 @@ class _Handler:
         self.directory = directory
 
     def dispatch(self, event: Any) -> None:
-        """Mark the event's source and destination paths (not for an open or a read's close)."""
-        if event.event_type in _NOT_A_CHANGE:
-            return
+        """Mark the event's source and destination paths."""
         for attribute in ("src_path", "dest_path"):
             raw = getattr(event, attribute, "")
             if raw:

@@ -254,10 +254,7 @@ def _started(state: JobState, node_list: str | None, start: datetime | None) -> 
 
 def parse_squeue(text: str, tz: tzinfo) -> list[Job]:
     """Return the jobs in `squeue -h -O <squeue_format()>` text; SchedulerUnavailable if unparseable."""
-    jobs: list[Job] = []
-    for row in _rows("squeue", text, formats.SQUEUE_FIELDS, trailing=True):
-        jobs.extend(_squeue_jobs(row, tz))
-    return jobs
+    return parse_squeue_reusing(text, tz, {})[0]
 
 
 SqueueLines = dict[bytes, tuple[Job, ...]]
